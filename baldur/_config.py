@@ -1,0 +1,240 @@
+"""Settings: ``baldur.init(**kwargs)`` over ``BALDUR_*`` environment variables over defaults.
+
+Each setting is declared once in ``_FIELDS`` with its parser; a bad value is a
+``ConfigError`` naming the setting, the value and a good example, and an
+unknown ``BALDUR_*`` variable earns a warning with the closest known name.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from baldur.errors import ConfigError
+from baldur.policies.breaker import Breaker
+from baldur.policies.rate_limit import RateLimit
+
+__all__ = ["Settings", "load_settings"]
+
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def _text(choices: tuple[str, ...] | None = None, lower: bool = True) -> Callable[[str, object, str], Any]:
+    def parse(name: str, value: object, example: str) -> str:
+        if not isinstance(value, str):
+            raise ConfigError(name, value, example, "expected a string")
+        text = value.strip()
+        text = text.lower() if lower else text
+        if choices is not None and text not in choices:
+            raise ConfigError(name, value, example, f"one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def _level(name: str, value: object, example: str) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        level = logging.getLevelName(value)
+        if level in _LEVELS:
+            return str(level)
+    if isinstance(value, str) and value.strip().upper() in _LEVELS:
+        return value.strip().upper()
+    raise ConfigError(name, value, example, f"one of {', '.join(_LEVELS)}")
+
+
+def _number(low: float, *, integer: bool = False, low_open: bool = False,
+            high: float | None = None, optional: bool = False) -> Callable[[str, object, str], Any]:
+    def parse(name: str, value: object, example: str) -> Any:
+        if optional and (value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "off"))):
+            return None
+        number: float
+        if isinstance(value, bool):
+            raise ConfigError(name, value, example, "expected a number")
+        if isinstance(value, int | float):
+            number = value
+        elif isinstance(value, str):
+            try:
+                number = int(value.strip()) if integer else float(value.strip())
+            except ValueError:
+                kind = "a whole number" if integer else "a number"
+                raise ConfigError(name, value, example, f"expected {kind}") from None
+        else:
+            raise ConfigError(name, value, example, "expected a number")
+        if integer and number != int(number):
+            raise ConfigError(name, value, example, "expected a whole number")
+        too_high = high is not None and number > high
+        if not math.isfinite(number) or number < low or (low_open and number == low) or too_high:
+            bound = f"> {low:g}" if low_open else f"≥ {low:g}"
+            if high is not None:
+                bound += f" and ≤ {high:g}"
+            raise ConfigError(name, value, example, f"must be {bound}")
+        return int(number) if integer else float(number)
+
+    return parse
+
+
+def _flag(name: str, value: object, example: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ConfigError(name, value, example, "expected 1 or 0")
+
+
+def _rate(name: str, value: object, example: str) -> RateLimit:
+    if isinstance(value, RateLimit):
+        return value
+    if value is None:
+        return RateLimit("off")
+    return RateLimit(value, setting=name)  # type: ignore[arg-type]
+
+
+def _concurrency(name: str, value: object, example: str) -> int | None:
+    """``auto`` (None here: the adapter derives it) or a whole number ≥ 1."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
+    parsed: int = _number(1, integer=True)(name, value, example)
+    return parsed
+
+
+def _redis_url(name: str, value: object, example: str) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(name, value, example, "expected a URL string")
+    scheme = value.strip().partition("://")[0].lower()
+    if scheme not in ("redis", "rediss", "unix") or "://" not in value:
+        raise ConfigError(name, _redact(value), example, "the scheme must be redis://, rediss:// or unix://")
+    return value.strip()
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at:
+        return url
+    user = userinfo.partition(":")[0]
+    return f"{scheme}://{user + ':' if user else ':'}***@{host}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    name: str
+    default: Any
+    parse: Callable[[str, object, str], Any]
+    example: str
+
+
+_FIELDS: tuple[_Field, ...] = (
+    _Field("redis_url", None, _redis_url, "BALDUR_REDIS_URL=redis://localhost:6379/0"),
+    _Field("log_level", "WARNING", _level, "BALDUR_LOG_LEVEL=INFO"),
+    _Field("log_format", "text", _text(("text", "json")), "BALDUR_LOG_FORMAT=json"),
+    _Field("rate_limit", "off", _rate, "BALDUR_RATE_LIMIT=100/minute"),
+    _Field("max_concurrency", "auto", _concurrency, "BALDUR_MAX_CONCURRENCY=32"),
+    _Field("trust_proxy", 0, _number(0, integer=True, high=32), "BALDUR_TRUST_PROXY=1"),
+    _Field("breaker_failure_rate", 0.5, _number(0, low_open=True, high=1), "BALDUR_BREAKER_FAILURE_RATE=0.5"),
+    _Field("breaker_min_calls", 10, _number(1, integer=True), "BALDUR_BREAKER_MIN_CALLS=10"),
+    _Field("breaker_window", 30.0, _number(0, low_open=True), "BALDUR_BREAKER_WINDOW=30"),
+    _Field("breaker_consecutive_failures", 5, _number(1, integer=True), "BALDUR_BREAKER_CONSECUTIVE_FAILURES=5"),
+    _Field("breaker_open_seconds", 30.0, _number(0, low_open=True), "BALDUR_BREAKER_OPEN_SECONDS=30"),
+    _Field("breaker_half_open_calls", 3, _number(1, integer=True), "BALDUR_BREAKER_HALF_OPEN_CALLS=3"),
+    _Field("max_queue_ms", 10000.0, _number(0, low_open=True, optional=True), "BALDUR_MAX_QUEUE_MS=10000"),
+    _Field("idempotency", "optional", _text(("optional", "required", "off")), "BALDUR_IDEMPOTENCY=optional"),
+    _Field("idempotency_ttl", 86400.0, _number(0, low_open=True), "BALDUR_IDEMPOTENCY_TTL=86400"),
+    _Field("key_prefix", "baldur", _text(lower=False), "BALDUR_KEY_PREFIX=baldur"),
+    _Field("redis_timeout_ms", 100.0, _number(0, low_open=True), "BALDUR_REDIS_TIMEOUT_MS=100"),
+    _Field("memory_max_keys", 100_000, _number(1, integer=True), "BALDUR_MEMORY_MAX_KEYS=100000"),
+    _Field("require_shared_store", False, _flag, "BALDUR_REQUIRE_SHARED_STORE=1"),
+)
+_BY_NAME = {f.name: f for f in _FIELDS}
+ENV_NAMES = tuple(f"BALDUR_{f.name.upper()}" for f in _FIELDS)
+#: Variables that Baldur's own tooling reads, not settings of the runtime.
+_OTHER_KNOWN = ("BALDUR_TEST_REQUIRE_REDIS",)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    redis_url: str | None
+    log_level: str
+    log_format: str
+    rate_limit: RateLimit
+    #: ``None`` means ``auto``: the web adapter derives the ceiling.
+    max_concurrency: int | None
+    trust_proxy: int
+    breaker_failure_rate: float
+    breaker_min_calls: int
+    breaker_window: float
+    breaker_consecutive_failures: int
+    breaker_open_seconds: float
+    breaker_half_open_calls: int
+    max_queue_ms: float | None
+    idempotency: str
+    idempotency_ttl: float
+    key_prefix: str
+    redis_timeout_ms: float
+    memory_max_keys: int
+    require_shared_store: bool
+
+    def default_breaker(self) -> Breaker:
+        return Breaker(
+            failure_rate=self.breaker_failure_rate,
+            min_calls=self.breaker_min_calls,
+            window=self.breaker_window,
+            consecutive_failures=self.breaker_consecutive_failures,
+            open_for=self.breaker_open_seconds,
+            half_open_calls=self.breaker_half_open_calls,
+        )
+
+    def override(self, **changes: Any) -> Settings:
+        """These settings with ``changes`` parsed and validated as ``init(**changes)`` would."""
+        return replace(self, **{k: _parse_one(k, v, origin="init") for k, v in changes.items()})
+
+    def redacted_redis_url(self) -> str | None:
+        return None if self.redis_url is None else _redact(self.redis_url)
+
+
+def _parse_one(name: str, value: object, origin: str) -> Any:
+    spec = _BY_NAME.get(name)
+    if spec is None:
+        close = difflib.get_close_matches(name, _BY_NAME, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(_BY_NAME)}"
+        raise ConfigError(f"baldur.init({name}=...)", value, f"baldur.init({_FIELDS[0].name}=...)",
+                          f"unknown setting; {hint}")
+    label = f"BALDUR_{name.upper()}" if origin == "env" else name
+    example = spec.example if origin == "env" else spec.example.replace(
+        f"BALDUR_{name.upper()}=", f"baldur.init({name}=").rstrip() + ")"
+    return spec.parse(label, value, example)
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings: ``overrides`` > ``BALDUR_*`` in ``environ`` > defaults."""
+    env = os.environ if environ is None else environ
+    _warn_unknown(env)
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        spec = _BY_NAME[f.name]
+        raw = env.get(f"BALDUR_{f.name.upper()}")
+        values[f.name] = spec.parse(spec.name, spec.default, spec.example) if raw is None else _parse_one(
+            f.name, raw, origin="env")
+    settings = Settings(**values)
+    return settings.override(**overrides) if overrides else settings
+
+
+def _warn_unknown(env: Mapping[str, str]) -> None:
+    for key in env:
+        if key.startswith("BALDUR_") and key not in ENV_NAMES and key not in _OTHER_KNOWN:
+            close = difflib.get_close_matches(key, ENV_NAMES, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            warnings.warn(f"unknown setting {key} is ignored{hint}", UserWarning, stacklevel=3)

@@ -1,0 +1,448 @@
+"""``protected`` and ``guard``: the strategies composed into one pipeline.
+
+Order, outermost first: rate limit → concurrency → circuit breaker (these
+three are one atomic *admit* of the store) → timeout → retry → the call →
+fallback on failure. The sync or async wrapper is chosen once, at decoration
+time; both ask the same policies and the same store operations, so no rule is
+written twice.
+
+A web adapter that has already admitted a view (to answer before the view
+runs) marks the request with ``web_call``; the view's wrapper then runs only
+the inner strategies and reports how the call ended, and the adapter records
+the outcome.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import random
+import time
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar, cast
+
+import anyio
+
+from baldur import _runtime
+from baldur.errors import CallTimeout, ConfigError, Rejected
+from baldur.policies.breaker import Breaker, Outcome, State
+from baldur.policies.concurrency import check_limit
+from baldur.policies.rate_limit import RateLimit
+from baldur.policies.retry import Retry, next_delay
+from baldur.stores._types import Plan
+
+__all__ = ["BreakerHandle", "Protection", "WebCall", "breaker", "guard", "protected", "web_call"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class _Default:
+    def __repr__(self) -> str:
+        return "<the runtime's default breaker>"
+
+
+DEFAULT_BREAKER: Any = _Default()
+_SUCCESS = Outcome.SUCCESS
+_FAILURE = Outcome.FAILURE
+
+
+class WebCall:
+    """A request whose view a web adapter already admitted; the view reports how it ended."""
+
+    __slots__ = ("entered", "outcome", "protection")
+
+    def __init__(self, protection: Protection) -> None:
+        self.protection = protection
+        self.entered = False
+        #: Set by the view's wrapper when the call raised (before any fallback).
+        self.outcome: Outcome | None = None
+
+
+web_call: ContextVar[WebCall | None] = ContextVar("baldur_web_call", default=None)
+
+#: name → the breaker options it was declared with (for ``baldur.breaker(name)``).
+_declared: dict[str, Breaker] = {}
+
+
+class Protection:
+    """The validated options of one ``protected``/``guard`` name."""
+
+    __slots__ = ("_plan", "_runtime", "breaker", "fallback", "max_concurrency", "name", "rate_limit",
+                 "retry", "timeout")
+
+    def __init__(self, name: str, breaker: Breaker | _Default | None, rate_limit: RateLimit | str | None,
+                 max_concurrency: int | None, timeout: float | None, retry: Retry | None,
+                 fallback: Callable[[Exception], Any] | None) -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError("protected(name)", name, 'protected("payments")', "a non-empty string")
+        if not (breaker is None or isinstance(breaker, Breaker | _Default)):
+            raise ConfigError(f"protected({name!r}, breaker=...)", breaker, "breaker=baldur.Breaker(open_for=10)",
+                              "a baldur.Breaker or None")
+        if isinstance(rate_limit, str):
+            rate_limit = RateLimit(rate_limit, setting=f"protected({name!r}, rate_limit=...)")
+        elif rate_limit is not None and not isinstance(rate_limit, RateLimit):
+            raise ConfigError(f"protected({name!r}, rate_limit=...)", rate_limit, 'rate_limit="100/minute"',
+                              "a baldur.RateLimit or its string")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
+                                    or not timeout > 0 or timeout == float("inf")):
+            raise ConfigError(f"protected({name!r}, timeout=...)", timeout, "timeout=2.5", "seconds, > 0")
+        if retry is not None and not isinstance(retry, Retry):
+            raise ConfigError(f"protected({name!r}, retry=...)", retry, "retry=baldur.Retry(attempts=3)",
+                              "a baldur.Retry or None")
+        if fallback is not None and not callable(fallback):
+            raise ConfigError(f"protected({name!r}, fallback=...)", fallback, "fallback=lambda exc: []",
+                              "a callable taking the exception")
+        self.name = name
+        self.breaker = breaker
+        self.rate_limit = rate_limit if rate_limit is not None and rate_limit.enabled else None
+        self.max_concurrency = check_limit(max_concurrency, f"protected({name!r}, max_concurrency=...)")
+        self.timeout = None if timeout is None else float(timeout)
+        self.retry = retry
+        self.fallback = fallback
+        self._runtime: _runtime.Runtime | None = None
+        self._plan: Plan | None = None
+        if isinstance(breaker, Breaker):
+            _declared.setdefault(name, breaker)
+
+    def plan(self, runtime: _runtime.Runtime) -> Plan:
+        """The compiled plan for this runtime (the default breaker comes from its settings)."""
+        if self._runtime is runtime and self._plan is not None:
+            return self._plan
+        options = runtime.default_breaker if isinstance(self.breaker, _Default) else self.breaker
+        plan = Plan(self.name, options, self.rate_limit, self.max_concurrency)
+        self._plan, self._runtime = plan, runtime
+        return plan
+
+    def is_failure(self, exc: BaseException, options: Breaker | None) -> Outcome:
+        """How an exception raised by the call counts: a failure (fallback applies) or ignored."""
+        if isinstance(exc, CallTimeout):
+            return _FAILURE
+        if options is not None:
+            return options.classify(exc)
+        return _FAILURE if isinstance(exc, Exception) else Outcome.IGNORED
+
+
+def _is_async(func: Callable[..., Any]) -> bool:
+    while isinstance(func, functools.partial):
+        func = func.func
+    call = type(func).__call__ if not inspect.isroutine(func) and not inspect.isclass(func) else None
+    return inspect.iscoroutinefunction(func) or (call is not None and inspect.iscoroutinefunction(call))
+
+
+def protected(
+    name: str,
+    *,
+    breaker: Breaker | None = DEFAULT_BREAKER,
+    rate_limit: RateLimit | str | None = None,
+    max_concurrency: int | None = None,
+    timeout: float | None = None,
+    retry: Retry | None = None,
+    fallback: Callable[[Exception], Any] | None = None,
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Run a sync or async callable (or a Flask view) through Baldur's pipeline.
+
+    ``breaker`` defaults to a circuit breaker with the runtime's default
+    options; ``None`` switches it off. ``rate_limit`` (``"100/minute"``)
+    limits the name as a whole, or each client when the callable is a web
+    view. ``max_concurrency`` caps calls in flight. ``timeout`` (seconds)
+    raises ``CallTimeout``. ``retry`` retries failures with backoff.
+    ``fallback(exc)`` supplies the result after a rejection or a failure.
+    """
+    protection = Protection(name, breaker, rate_limit, max_concurrency, timeout, retry, fallback)
+
+    def decorate(func: Callable[P, R]) -> Callable[P, R]:
+        if not callable(func):
+            raise TypeError(f"baldur.protected({name!r}) decorates a callable, not {type(func).__name__}")
+        if _is_async(func):
+            if fallback is not None and not _is_async(fallback):
+                raise ConfigError(f"protected({name!r}, fallback=...)", fallback, "async def fallback(exc): ...",
+                                  "an async callable needs a coroutine function as fallback")
+            wrapper = _async_wrapper(cast(Callable[..., Awaitable[Any]], func), protection)
+        else:
+            wrapper = _sync_wrapper(func, protection)
+        functools.update_wrapper(wrapper, func)
+        wrapper.__baldur__ = protection  # type: ignore[attr-defined]
+        return cast(Callable[P, R], wrapper)
+
+    return decorate
+
+
+# -- sync ------------------------------------------------------------------
+
+def _sync_wrapper(func: Callable[..., Any], protection: Protection) -> Callable[..., Any]:
+    fallback = protection.fallback
+    inner = _sync_inner(func, protection)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        runtime = _runtime._current or _runtime.current()
+        plan = protection.plan(runtime)
+        web = web_call.get()
+        if web is not None and web.protection is protection and not web.entered:
+            web.entered = True
+            return _sync_reported(inner, protection, plan, web, args, kwargs)
+        store = runtime.sync
+        try:
+            ticket = store.admit(plan)
+        except Rejected as exc:
+            if fallback is None:
+                raise
+            return fallback(exc)
+        slow = plan.breaker.slow_call if plan.breaker is not None else None
+        started = time.monotonic() if slow is not None else 0.0
+        try:
+            result = inner(*args, **kwargs)
+        except BaseException as exc:
+            outcome = protection.is_failure(exc, plan.breaker)
+            store.finish(ticket, outcome)
+            if fallback is None or outcome is not _FAILURE:
+                raise
+            return fallback(exc)  # type: ignore[arg-type]
+        store.finish(ticket, _SUCCESS if slow is None else _timed_outcome(started, slow))
+        return result
+
+    return wrapper
+
+
+def _timed_outcome(started: float, slow: float) -> Outcome:
+    """A success slower than the breaker's ``slow_call`` counts as a failure."""
+    return _FAILURE if time.monotonic() - started > slow else _SUCCESS
+
+
+def _sync_reported(inner: Callable[..., Any], protection: Protection, plan: Plan, web: WebCall,
+                   args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    slow = plan.breaker.slow_call if plan.breaker is not None else None
+    started = time.monotonic()
+    try:
+        result = inner(*args, **kwargs)
+    except BaseException as exc:
+        web.outcome = protection.is_failure(exc, plan.breaker)
+        if protection.fallback is None or web.outcome is not _FAILURE:
+            raise
+        return protection.fallback(exc)  # type: ignore[arg-type]
+    if slow is not None:
+        web.outcome = _timed_outcome(started, slow)
+    return result
+
+
+def _sync_inner(func: Callable[..., Any], protection: Protection) -> Callable[..., Any]:
+    """timeout → retry → the call, for a sync callable.
+
+    A sync callable always runs to its end in the caller's thread: Python
+    cannot interrupt it safely. Its ``timeout`` is therefore a deadline: no
+    retry starts that could not begin before it, and a call that returns (or
+    fails) after it raises ``CallTimeout``, its late result discarded.
+    """
+    timeout, retry, name = protection.timeout, protection.retry, protection.name
+    if timeout is None and retry is None:
+        return func
+
+    def inner(*args: Any, **kwargs: Any) -> Any:
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                result = func(*args, **kwargs)
+            except Exception as exc:
+                elapsed = time.monotonic() - started
+                if timeout is not None and elapsed > timeout:
+                    raise CallTimeout(name, timeout) from exc
+                delay = None if retry is None else next_delay(retry, exc, attempt, elapsed, random.random())
+                if delay is None or (timeout is not None and elapsed + delay >= timeout):
+                    raise
+                time.sleep(delay)
+                continue
+            if timeout is not None and time.monotonic() - started > timeout:
+                raise CallTimeout(name, timeout)
+            return result
+
+    return inner
+
+
+# -- async -----------------------------------------------------------------
+
+def _async_wrapper(func: Callable[..., Awaitable[Any]], protection: Protection) -> Callable[..., Awaitable[Any]]:
+    fallback = cast(Callable[[Exception], Awaitable[Any]] | None, protection.fallback)
+    inner = _async_inner(func, protection)
+
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        runtime = _runtime._current or _runtime.current()
+        plan = protection.plan(runtime)
+        web = web_call.get()
+        if web is not None and web.protection is protection and not web.entered:
+            web.entered = True
+            return await _async_reported(inner, protection, plan, web, args, kwargs)
+        store = runtime.async_
+        try:
+            ticket = await store.admit(plan)
+        except Rejected as exc:
+            if fallback is None:
+                raise
+            return await fallback(exc)
+        slow = plan.breaker.slow_call if plan.breaker is not None else None
+        started = time.monotonic() if slow is not None else 0.0
+        try:
+            result = await inner(*args, **kwargs)
+        except BaseException as exc:
+            outcome = protection.is_failure(exc, plan.breaker)
+            with anyio.CancelScope(shield=True):
+                await store.finish(ticket, outcome)
+            if fallback is None or outcome is not _FAILURE:
+                raise
+            return await fallback(exc)  # type: ignore[arg-type]
+        await store.finish(ticket, _SUCCESS if slow is None else _timed_outcome(started, slow))
+        return result
+
+    return wrapper
+
+
+async def _async_reported(inner: Callable[..., Awaitable[Any]], protection: Protection, plan: Plan,
+                          web: WebCall, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    slow = plan.breaker.slow_call if plan.breaker is not None else None
+    started = time.monotonic()
+    try:
+        result = await inner(*args, **kwargs)
+    except BaseException as exc:
+        web.outcome = protection.is_failure(exc, plan.breaker)
+        if protection.fallback is None or web.outcome is not _FAILURE:
+            raise
+        return await protection.fallback(exc)  # type: ignore[arg-type]
+    if slow is not None:
+        web.outcome = _timed_outcome(started, slow)
+    return result
+
+
+def _async_inner(func: Callable[..., Awaitable[Any]], protection: Protection) -> Callable[..., Awaitable[Any]]:
+    """timeout (an anyio cancel scope around the retries) → retry → the call."""
+    timeout, retry, name = protection.timeout, protection.retry, protection.name
+    if timeout is None and retry is None:
+        return func
+
+    async def retrying(*args: Any, **kwargs: Any) -> Any:
+        if retry is None:
+            return await func(*args, **kwargs)
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await func(*args, **kwargs)
+            except Exception as exc:
+                delay = next_delay(retry, exc, attempt, time.monotonic() - started, random.random())
+                if delay is None:
+                    raise
+            await anyio.sleep(delay)
+
+    if timeout is None:
+        return retrying
+
+    async def inner(*args: Any, **kwargs: Any) -> Any:
+        with anyio.move_on_after(timeout) as scope:
+            return await retrying(*args, **kwargs)
+        if scope.cancelled_caught:
+            raise CallTimeout(name, timeout)
+        raise AssertionError("unreachable: the scope returned or was cancelled")  # pragma: no cover
+
+    return inner
+
+
+# -- guard -----------------------------------------------------------------
+
+class guard:
+    """The pipeline as an async context manager around a block of code.
+
+    ``async with baldur.guard("search", timeout=2):`` admits the block (rate
+    limit, concurrency, breaker), cancels it after ``timeout`` seconds with
+    ``CallTimeout``, and records how it ended. A block cannot be re-run or
+    replaced, so retries and fallbacks belong to ``protected``.
+    """
+
+    __slots__ = ("_plan", "_protection", "_scope", "_started", "_ticket")
+
+    def __init__(self, name: str, *, breaker: Breaker | None = DEFAULT_BREAKER,
+                 rate_limit: RateLimit | str | None = None, max_concurrency: int | None = None,
+                 timeout: float | None = None) -> None:
+        self._protection = Protection(name, breaker, rate_limit, max_concurrency, timeout, None, None)
+        self._scope: anyio.CancelScope | None = None
+
+    async def __aenter__(self) -> guard:
+        runtime = _runtime._current or _runtime.current()
+        self._plan = self._protection.plan(runtime)
+        self._ticket = await runtime.async_.admit(self._plan)
+        self._started = time.monotonic()
+        if self._protection.timeout is not None:
+            self._scope = anyio.move_on_after(self._protection.timeout)
+            self._scope.__enter__()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> bool:
+        timed_out = False
+        if self._scope is not None:
+            swallowed = self._scope.__exit__(exc_type, exc, tb)
+            timed_out = self._scope.cancelled_caught
+            if swallowed and not timed_out:
+                exc = None
+        plan = self._plan
+        slow = plan.breaker.slow_call if plan.breaker is not None else None
+        if timed_out:
+            outcome = _FAILURE
+        elif exc is not None:
+            outcome = self._protection.is_failure(exc, plan.breaker)
+        else:
+            outcome = _SUCCESS if slow is None else _timed_outcome(self._started, slow)
+        with anyio.CancelScope(shield=True):
+            await (_runtime._current or _runtime.current()).async_.finish(self._ticket, outcome)
+        if timed_out:
+            raise CallTimeout(self._protection.name, cast(float, self._protection.timeout))
+        return False
+
+
+# -- handles ----------------------------------------------------------------
+
+class BreakerHandle:
+    """Read and steer one named breaker: ``baldur.breaker("payments").open()``."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError("breaker(name)", name, 'baldur.breaker("payments")', "a non-empty string")
+        self.name = name
+
+    def _options(self) -> tuple[_runtime.Runtime, Breaker]:
+        runtime = _runtime.current()
+        return runtime, _declared.get(self.name, runtime.default_breaker)
+
+    @property
+    def state(self) -> State:
+        """``closed``, ``open``, ``half_open``, ``forced_open`` or ``forced_closed``."""
+        runtime, options = self._options()
+        return runtime.sync.read_breaker(self.name, options)
+
+    def open(self) -> None:
+        """Force the breaker open: every call is rejected until ``close()`` or ``reset()``."""
+        self._force(State.FORCED_OPEN)
+
+    def close(self) -> None:
+        """Force the breaker closed: every call runs and nothing is counted until ``reset()``."""
+        self._force(State.FORCED_CLOSED)
+
+    def reset(self) -> None:
+        """Back to a fresh, automatic, closed breaker."""
+        self._force(State.CLOSED)
+
+    def _force(self, state: State) -> None:
+        runtime, options = self._options()
+        runtime.sync.force_breaker(self.name, options, state)
+
+    def __repr__(self) -> str:
+        return f"<baldur.breaker {self.name!r}>"
+
+
+def breaker(name: str) -> BreakerHandle:
+    """A handle on the circuit breaker of ``name``."""
+    return BreakerHandle(name)

@@ -1,0 +1,79 @@
+"""The process's Baldur runtime: settings, the store and its two faces.
+
+``init()`` builds it once (later calls with no arguments return it; calls
+with other settings rebuild it); everything else asks ``current()``, which
+builds it with defaults on first use, so zero configuration works.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from baldur import _log
+from baldur._config import Settings, load_settings
+from baldur.bridges import AsyncOverSync
+from baldur.errors import ConfigError
+from baldur.policies.breaker import Breaker
+from baldur.stores._types import AsyncStore, SyncStore
+from baldur.stores.memory import MemoryStore
+
+__all__ = ["Runtime", "current", "init", "reset"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Runtime:
+    """What ``baldur.init()`` returns: the settings in force and the store they chose."""
+
+    settings: Settings
+    #: The store's sync face (used by sync callers) and async face.
+    sync: SyncStore
+    async_: AsyncStore
+    default_breaker: Breaker
+    #: State is shared between processes (Redis), not per process (memory).
+    shared: bool
+    #: The process that built the runtime (a different ``os.getpid()`` means we were forked).
+    pid: int
+
+
+_lock = threading.RLock()
+_current: Runtime | None = None
+
+
+def init(**settings: Any) -> Runtime:
+    """Build the runtime from ``settings`` > ``BALDUR_*`` environment > defaults; idempotent."""
+    global _current
+    with _lock:
+        if _current is not None and (not settings or _current.settings == _current.settings.override(**settings)):
+            return _current
+        built = _build(load_settings(settings))
+        old, _current = _current, built
+    if old is not None:
+        old.sync.close()
+    return built
+
+
+def current() -> Runtime:
+    runtime = _current
+    return runtime if runtime is not None else init()
+
+
+def reset() -> None:
+    """Forget all state (breakers, limits, counters) and keep the settings: for tests."""
+    runtime = _current
+    if runtime is not None:
+        runtime.sync.reset()
+
+
+def _build(settings: Settings) -> Runtime:
+    _log.configure(settings.log_level, settings.log_format)
+    if settings.redis_url is not None:
+        raise ConfigError("BALDUR_REDIS_URL", settings.redacted_redis_url(), "unset it",
+                          "this version of Baldur has no Redis store yet; leave it unset to use memory")
+    if settings.require_shared_store:
+        raise ConfigError("BALDUR_REQUIRE_SHARED_STORE", "1", "BALDUR_REDIS_URL=redis://localhost:6379/0",
+                          "a shared store is required but BALDUR_REDIS_URL is not set")
+    store = MemoryStore(max_keys=settings.memory_max_keys)
+    return Runtime(settings, store, AsyncOverSync(store), settings.default_breaker(), False, os.getpid())

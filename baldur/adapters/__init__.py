@@ -1,0 +1,1 @@
+"""Framework glue: Flask today; ASGI and Django later."""

@@ -1,0 +1,70 @@
+"""Turn a store's sync face into an async one, and an async face into a sync one.
+
+The pipeline has one sync path and one async path; these adapters let each
+path use any store without a branch of its own.
+"""
+
+from __future__ import annotations
+
+from baldur.bridges.loops import run_sync
+from baldur.policies.breaker import Breaker, Outcome, State
+from baldur.policies.rate_limit import RateDecision, RateLimit
+from baldur.stores._types import AsyncStore, Plan, SyncStore, Ticket
+
+__all__ = ["AsyncOverSync", "SyncOverAsync"]
+
+
+class AsyncOverSync:
+    """The async face of a store that decides without I/O: each call completes at once."""
+
+    def __init__(self, store: SyncStore) -> None:
+        self.store = store
+
+    async def admit(self, plan: Plan, client: str | None = None) -> Ticket:
+        return self.store.admit(plan, client)
+
+    async def finish(self, ticket: Ticket, outcome: Outcome) -> None:
+        self.store.finish(ticket, outcome)
+
+    async def rate(self, key: str, limit: RateLimit) -> RateDecision:
+        return self.store.rate(key, limit)
+
+    async def read_breaker(self, name: str, options: Breaker) -> State:
+        return self.store.read_breaker(name, options)
+
+    async def force_breaker(self, name: str, options: Breaker, state: State) -> None:
+        self.store.force_breaker(name, options, state)
+
+    async def reset(self) -> None:
+        self.store.reset()
+
+    async def close(self) -> None:
+        self.store.close()
+
+
+class SyncOverAsync:
+    """The sync face of a store that does I/O: the calling thread drives a loop of its own."""
+
+    def __init__(self, store: AsyncStore) -> None:
+        self.store = store
+
+    def admit(self, plan: Plan, client: str | None = None) -> Ticket:
+        return run_sync(self.store.admit, plan, client)
+
+    def finish(self, ticket: Ticket, outcome: Outcome) -> None:
+        run_sync(self.store.finish, ticket, outcome)
+
+    def rate(self, key: str, limit: RateLimit) -> RateDecision:
+        return run_sync(self.store.rate, key, limit)
+
+    def read_breaker(self, name: str, options: Breaker) -> State:
+        return run_sync(self.store.read_breaker, name, options)
+
+    def force_breaker(self, name: str, options: Breaker, state: State) -> None:
+        run_sync(self.store.force_breaker, name, options, state)
+
+    def reset(self) -> None:
+        run_sync(self.store.reset)
+
+    def close(self) -> None:
+        run_sync(self.store.close)

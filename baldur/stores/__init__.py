@@ -1,0 +1,1 @@
+"""Where state lives: memory (one process) or Redis (shared)."""

@@ -1,0 +1,94 @@
+"""What the pipeline hands a store, and what a store must offer.
+
+A store offers a handful of operations, each atomic. ``SyncStore`` is the
+face of a store that decides without I/O (memory); ``AsyncStore`` is the face
+of one that does I/O (Redis). ``baldur.bridges`` turns either face into the
+other, so the pipeline has one sync and one async path and no store-specific
+branch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from baldur.policies.breaker import Breaker, Outcome, State
+from baldur.policies.rate_limit import RateDecision, RateLimit
+
+__all__ = ["AsyncStore", "Plan", "SyncStore", "Ticket"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Plan:
+    """One protected name's strategies, compiled once; the keys are precomputed."""
+
+    name: str
+    breaker: Breaker | None
+    rate_limit: RateLimit | None
+    max_concurrency: int | None
+    breaker_key: str = field(init=False)
+    rate_key: str = field(init=False)
+    concurrency_key: str = field(init=False)
+    #: Handed out when the breaker is closed and nothing else needs tracking:
+    #: the hot path allocates nothing.
+    plain_ticket: Ticket = field(init=False)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "breaker_key", f"b:{self.name}")
+        set_(self, "rate_key", f"r:{self.name}")
+        set_(self, "concurrency_key", f"c:{self.name}")
+        set_(self, "plain_ticket", Ticket(self))
+
+    @property
+    def needs_lock(self) -> bool:
+        return self.rate_limit is not None or self.max_concurrency is not None
+
+
+class Ticket:
+    """Proof of admission: what ``finish`` must record and release."""
+
+    __slots__ = ("holds_slot", "plan", "rate", "trial")
+
+    def __init__(self, plan: Plan, trial: bool = False, holds_slot: bool = False,
+                 rate: RateDecision | None = None) -> None:
+        self.plan = plan
+        self.trial = trial
+        self.holds_slot = holds_slot
+        self.rate = rate
+
+
+class SyncStore(Protocol):
+    def admit(self, plan: Plan, client: str | None = None) -> Ticket:
+        """Rate limit, concurrency and breaker pre-flight in one step; raise ``Rejected``."""
+
+    def finish(self, ticket: Ticket, outcome: Outcome) -> None:
+        """Record the call's outcome with its breaker and give back its concurrency slot."""
+
+    def rate(self, key: str, limit: RateLimit) -> RateDecision:
+        """Spend one unit of ``limit`` for ``key``."""
+
+    def read_breaker(self, name: str, options: Breaker) -> State: ...
+
+    def force_breaker(self, name: str, options: Breaker, state: State) -> None: ...
+
+    def reset(self) -> None:
+        """Forget all state (for tests)."""
+
+    def close(self) -> None: ...
+
+
+class AsyncStore(Protocol):
+    async def admit(self, plan: Plan, client: str | None = None) -> Ticket: ...
+
+    async def finish(self, ticket: Ticket, outcome: Outcome) -> None: ...
+
+    async def rate(self, key: str, limit: RateLimit) -> RateDecision: ...
+
+    async def read_breaker(self, name: str, options: Breaker) -> State: ...
+
+    async def force_breaker(self, name: str, options: Breaker, state: State) -> None: ...
+
+    async def reset(self) -> None: ...
+
+    async def close(self) -> None: ...

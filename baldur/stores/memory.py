@@ -1,0 +1,203 @@
+"""The in-memory store: one process's state, thread-safe and bounded.
+
+It applies the pure policies under one lock, so that each operation is
+atomic. Every key (breaker, limiter, concurrency counter) lives in one LRU
+table of at most ``max_keys`` entries; a limiter key whose TAT has passed
+holds no information and is dropped when met. Under pressure the least
+recently used key is evicted: a client then starts again with a full quota,
+which is the price of a bounded process.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from baldur import _log
+from baldur.errors import CircuitOpen, Overloaded, RateLimited
+from baldur.policies import breaker as breaker_policy
+from baldur.policies.breaker import Breaker, BreakerState, Outcome, State
+from baldur.policies.concurrency import SHED_RETRY_AFTER, admits
+from baldur.policies.rate_limit import RateDecision, RateLimit, gcra
+from baldur.stores._types import Plan, Ticket
+
+__all__ = ["MemoryStore"]
+
+_CLOSED = State.CLOSED
+_SUCCESS = Outcome.SUCCESS
+_TRANSITION_EVENTS = {
+    State.OPEN: "circuit.opened",
+    State.HALF_OPEN: "circuit.half_open",
+    State.CLOSED: "circuit.closed",
+}
+
+
+class MemoryStore:
+    def __init__(self, max_keys: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_keys = max_keys
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._keys: OrderedDict[str, object] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    # -- the operations ---------------------------------------------------
+
+    def admit(self, plan: Plan, client: str | None = None) -> Ticket:
+        options = plan.breaker
+        if not plan.needs_lock:
+            if options is None:
+                return plan.plain_ticket
+            cell = self._keys.get(plan.breaker_key)
+            # Reading the state without the lock is safe: a closed breaker
+            # admits, and a call racing with the opening is one more call.
+            if cell is not None and cell.state is _CLOSED:  # type: ignore[attr-defined]
+                return plan.plain_ticket
+        now = self.clock()
+        transition: State | None = None
+        rejection: Exception | None = None
+        decision = None
+        holds_slot = trial = False
+        with self._lock:
+            if plan.rate_limit is not None:
+                key = plan.rate_key if client is None else f"{plan.rate_key}:{client}"
+                decision = self._rate(key, plan.rate_limit, now)
+                if not decision.allowed:
+                    rejection = RateLimited(plan.name, decision.retry_after, limit=plan.rate_limit,
+                                            decision=decision)
+            if rejection is None and plan.max_concurrency is not None:
+                count: int = self._get(plan.concurrency_key, 0)  # type: ignore[assignment]
+                if admits(count, plan.max_concurrency):
+                    self._put(plan.concurrency_key, count + 1)
+                    holds_slot = True
+                else:
+                    rejection = Overloaded(plan.name, SHED_RETRY_AFTER)
+            if rejection is None and options is not None:
+                verdict = breaker_policy.preflight(self._breaker(plan.breaker_key, options), now, options)
+                transition = verdict.transition
+                trial = verdict.trial
+                if not verdict.admitted:
+                    if holds_slot:
+                        self._release(plan.concurrency_key)
+                    rejection = CircuitOpen(plan.name, verdict.retry_after)
+        self._announce(plan.name, transition)
+        if rejection is not None:
+            _announce_rejection(rejection, client)
+            raise rejection
+        if not trial and not holds_slot and decision is None:
+            return plan.plain_ticket
+        return Ticket(plan, trial, holds_slot, decision)
+
+    def finish(self, ticket: Ticket, outcome: Outcome) -> None:
+        plan = ticket.plan
+        options = plan.breaker
+        if options is None and not ticket.holds_slot:
+            return
+        now = self.clock()
+        with self._lock:
+            if ticket.holds_slot:
+                self._release(plan.concurrency_key)
+            transition = None
+            if options is not None:
+                state = self._breaker(plan.breaker_key, options)
+                if outcome is _SUCCESS and state.state is _CLOSED and not ticket.trial:
+                    # The hot path, inlined from ``record``: a success while closed.
+                    state.consecutive_failures = 0
+                    state.window.add(now, False)
+                else:
+                    transition = breaker_policy.record(state, now, options, outcome, ticket.trial)
+        self._announce(plan.name, transition)
+
+    def rate(self, key: str, limit: RateLimit) -> RateDecision:
+        now = self.clock()
+        with self._lock:
+            decision = self._rate(key, limit, now)
+        if not decision.allowed:
+            _log.emit("ratelimit.blocked", key, retry_after=round(decision.retry_after, 3))
+        return decision
+
+    def read_breaker(self, name: str, options: Breaker) -> State:
+        with self._lock:
+            state = self._keys.get(f"b:{name}")
+            return _CLOSED if state is None else state.state  # type: ignore[attr-defined]
+
+    def force_breaker(self, name: str, options: Breaker, state: State) -> None:
+        with self._lock:
+            breaker_policy.force(self._breaker(f"b:{name}", options), state)
+        if state is _CLOSED:
+            _log.emit("circuit.closed", name, forced=True)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._keys.clear()
+
+    def close(self) -> None:
+        self.reset()
+
+    # -- helpers (called with the lock held) ------------------------------
+
+    def _rate(self, key: str, limit: RateLimit, now: float) -> RateDecision:
+        tat: float | None = self._keys.get(key)  # type: ignore[assignment]
+        decision, new_tat = gcra(tat, now, limit)
+        if new_tat is not None and new_tat != tat:
+            self._put(key, new_tat)
+        return decision
+
+    def _breaker(self, key: str, options: Breaker) -> BreakerState:
+        state: BreakerState | None = self._keys.get(key)  # type: ignore[assignment]
+        if state is None:
+            state = BreakerState.new(options)
+            self._put(key, state)
+        else:
+            self._keys.move_to_end(key)
+        return state
+
+    def _get(self, key: str, default: object) -> object:
+        value = self._keys.get(key, default)
+        if value is not default:
+            self._keys.move_to_end(key)
+        return value
+
+    def _put(self, key: str, value: object) -> None:
+        keys = self._keys
+        keys[key] = value
+        keys.move_to_end(key)
+        if len(keys) > self.max_keys:
+            self._evict()
+
+    def _evict(self) -> None:
+        keys = self._keys
+        now = self.clock()
+        # Drop what holds no information first (a drained TAT, an idle counter),
+        # looking at a bounded number of the oldest keys; then plain LRU.
+        for _ in range(min(64, len(keys))):
+            key, value = next(iter(keys.items()))
+            if (isinstance(value, float) and value <= now) or value == 0:
+                del keys[key]
+                if len(keys) <= self.max_keys:
+                    return
+            else:
+                break
+        while len(keys) > self.max_keys:
+            keys.popitem(last=False)
+
+    def _release(self, key: str) -> None:
+        count = self._keys.get(key)
+        if isinstance(count, int) and count > 0:
+            self._keys[key] = count - 1
+
+    @staticmethod
+    def _announce(name: str, transition: State | None) -> None:
+        if transition is not None:
+            _log.emit(_TRANSITION_EVENTS[transition], name, state=str(transition))
+
+
+def _announce_rejection(rejection: Exception, client: str | None) -> None:
+    if isinstance(rejection, RateLimited):
+        _log.emit("ratelimit.blocked", rejection.name if client is None else f"{rejection.name}:{client}",
+                  retry_after=round(rejection.retry_after, 3))
+    elif isinstance(rejection, Overloaded):
+        _log.emit("backpressure.shed", rejection.name)
