@@ -205,15 +205,21 @@ class Settings:
 
 
 def _parse_one(name: str, value: object, origin: str) -> Any:
+    """Parse one setting; ``origin`` (``env``, ``init``, ``init_flask``, ``app.config``) shapes the message."""
     spec = _BY_NAME.get(name)
     if spec is None:
         close = difflib.get_close_matches(name, _BY_NAME, n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(_BY_NAME)}"
-        raise ConfigError(f"baldur.init({name}=...)", value, f"baldur.init({_FIELDS[0].name}=...)",
+        raise ConfigError(f"baldur.{origin}({name}=...)", value, f"baldur.{origin}({_FIELDS[0].name}=...)",
                           f"unknown setting; {hint}")
-    label = f"BALDUR_{name.upper()}" if origin == "env" else name
-    example = spec.example if origin == "env" else spec.example.replace(
-        f"BALDUR_{name.upper()}=", f"baldur.init({name}=").rstrip() + ")"
+    env_name = f"BALDUR_{name.upper()}"
+    good = spec.example.partition("=")[2]
+    if origin == "env":
+        label, example = env_name, spec.example
+    elif origin == "app.config":
+        label, example = f"app.config[{env_name!r}]", f"app.config[{env_name!r}] = {good!r}"
+    else:
+        label, example = f"{origin}({name}=...)", f"{origin}({name}={good!r})"
     return spec.parse(label, value, example)
 
 

@@ -52,13 +52,14 @@ _FAILURE = Outcome.FAILURE
 class WebCall:
     """A request whose view a web adapter already admitted; the view reports how it ended."""
 
-    __slots__ = ("entered", "outcome", "protection")
+    __slots__ = ("entered", "error", "outcome", "protection")
 
     def __init__(self, protection: Protection) -> None:
         self.protection = protection
         self.entered = False
-        #: Set by the view's wrapper when the call raised (before any fallback).
+        #: Set by the view's wrapper when the call raised (before any fallback), or was slow.
         self.outcome: Outcome | None = None
+        self.error: BaseException | None = None
 
 
 web_call: ContextVar[WebCall | None] = ContextVar("baldur_web_call", default=None)
@@ -218,6 +219,7 @@ def _sync_reported(inner: Callable[..., Any], protection: Protection, plan: Plan
     try:
         result = inner(*args, **kwargs)
     except BaseException as exc:
+        web.error = exc
         web.outcome = protection.is_failure(exc, plan.breaker)
         if protection.fallback is None or web.outcome is not _FAILURE:
             raise
@@ -306,6 +308,7 @@ async def _async_reported(inner: Callable[..., Awaitable[Any]], protection: Prot
     try:
         result = await inner(*args, **kwargs)
     except BaseException as exc:
+        web.error = exc
         web.outcome = protection.is_failure(exc, plan.breaker)
         if protection.fallback is None or web.outcome is not _FAILURE:
             raise

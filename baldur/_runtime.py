@@ -14,6 +14,7 @@ from typing import Any
 
 from baldur import _log
 from baldur._config import Settings, load_settings
+from baldur._servers import warn_if_per_process
 from baldur.bridges import AsyncOverSync
 from baldur.errors import ConfigError
 from baldur.policies.breaker import Breaker
@@ -76,4 +77,15 @@ def _build(settings: Settings) -> Runtime:
         raise ConfigError("BALDUR_REQUIRE_SHARED_STORE", "1", "BALDUR_REDIS_URL=redis://localhost:6379/0",
                           "a shared store is required but BALDUR_REDIS_URL is not set")
     store = MemoryStore(max_keys=settings.memory_max_keys)
-    return Runtime(settings, store, AsyncOverSync(store), settings.default_breaker(), False, os.getpid())
+    runtime = Runtime(settings, store, AsyncOverSync(store), settings.default_breaker(), False, os.getpid())
+    warn_if_per_process(runtime.shared, forked=False)
+    return runtime
+
+
+def _after_fork_in_child() -> None:
+    runtime = _current
+    if runtime is not None:
+        warn_if_per_process(runtime.shared, forked=True)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,166 @@
+"""HTTP pieces every web adapter shares: problem+json answers, the IETF RateLimit
+headers, the client's address behind trusted proxies, and queue time.
+
+Framework-neutral: functions of strings and numbers, returning strings,
+numbers and dicts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+from collections.abc import Iterable
+
+from baldur.errors import (
+    BaldurError,
+    CallTimeout,
+    CircuitOpen,
+    IdempotencyConflict,
+    IdempotencyMismatch,
+    Overloaded,
+    RateLimited,
+    Rejected,
+    StoreUnavailable,
+)
+from baldur.policies.rate_limit import RateDecision, RateLimit
+
+__all__ = [
+    "PROBLEM_JSON",
+    "client_address",
+    "problem",
+    "queue_seconds",
+    "ratelimit_headers",
+    "retry_after_header",
+]
+
+PROBLEM_JSON = "application/problem+json"
+_IANA = "https://iana.org/assignments/http-problem-types#"
+#: How far back an ``X-Request-Start`` may plausibly lie; older is clock skew, not queueing.
+_PLAUSIBLE_QUEUE_SECONDS = 3600.0
+_MAX_HEADER = 4096
+
+
+def retry_after_header(seconds: float) -> str:
+    """``Retry-After`` in whole seconds, rounded up, at least 1 (0 would invite a stampede)."""
+    return str(max(1, math.ceil(seconds)))
+
+
+def _sf_string(text: str) -> str:
+    """A Structured Field String: printable ASCII, with ``"`` and ``\\`` escaped."""
+    clean = "".join(ch if " " <= ch <= "~" else "?" for ch in text)
+    return '"' + clean.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def ratelimit_headers(policies: Iterable[tuple[str, RateLimit, RateDecision]]) -> dict[str, str]:
+    """``RateLimit-Policy`` and ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers) for each policy."""
+    policy_items, state_items = [], []
+    for name, limit, decision in policies:
+        label = _sf_string(name)
+        policy_items.append(f"{label};q={limit.quota};w={max(1, math.ceil(limit.period))}")
+        state_items.append(f"{label};r={decision.remaining};t={math.ceil(decision.next_after)}")
+    if not policy_items:
+        return {}
+    return {"RateLimit-Policy": ", ".join(policy_items), "RateLimit": ", ".join(state_items)}
+
+
+def problem(exc: BaldurError, instance: str | None = None,
+            policies: Iterable[str] = ()) -> tuple[int, dict[str, str], bytes]:
+    """The HTTP answer for a Baldur error: (status, headers, RFC 9457 problem+json body)."""
+    headers = {"Content-Type": PROBLEM_JSON}
+    body: dict[str, object]
+    if isinstance(exc, RateLimited):
+        status = 429
+        body = {"type": _IANA + "quota-exceeded", "title": "Too Many Requests",
+                "detail": f"The rate limit of {exc.name!r} is used up.",
+                "violated-policies": list(policies) or [exc.name]}
+    elif isinstance(exc, Overloaded):
+        status = 503
+        body = {"type": _IANA + "temporary-reduced-capacity", "title": "Service Unavailable",
+                "detail": "The server is at capacity; the request was shed before it ran."}
+    elif isinstance(exc, CircuitOpen):
+        status = 503
+        body = {"type": _IANA + "temporary-reduced-capacity", "title": "Service Unavailable",
+                "detail": f"The circuit breaker of {exc.name!r} is open."}
+    elif isinstance(exc, IdempotencyConflict):
+        status = 409
+        body = {"type": "about:blank", "title": "Conflict",
+                "detail": "A request with this Idempotency-Key is still being processed."}
+    elif isinstance(exc, Rejected):
+        status = exc.http_status
+        body = {"type": "about:blank", "title": "Service Unavailable", "detail": str(exc)}
+    elif isinstance(exc, CallTimeout):
+        status = 504
+        body = {"type": "about:blank", "title": "Gateway Timeout",
+                "detail": f"{exc.name!r} did not finish within {exc.timeout:g} s."}
+    elif isinstance(exc, IdempotencyMismatch):
+        status = 422
+        body = {"type": "about:blank", "title": "Unprocessable Content", "detail": str(exc)}
+    elif isinstance(exc, StoreUnavailable):
+        status = 503
+        body = {"type": "about:blank", "title": "Service Unavailable", "detail": str(exc)}
+    else:
+        status = 500
+        body = {"type": "about:blank", "title": "Internal Server Error", "detail": "An internal error occurred."}
+    if isinstance(exc, Rejected):
+        headers["Retry-After"] = retry_after_header(exc.retry_after)
+        body["retry-after"] = int(headers["Retry-After"])
+    body["status"] = status
+    if instance is not None:
+        body["instance"] = instance
+    return status, headers, json.dumps(body).encode()
+
+
+def bad_request(detail: str, instance: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    body = {"type": "about:blank", "title": "Bad Request", "status": 400, "detail": detail}
+    if instance is not None:
+        body["instance"] = instance
+    return 400, {"Content-Type": PROBLEM_JSON}, json.dumps(body).encode()
+
+
+def client_address(remote_addr: str | None, forwarded_for: str | None, trusted_hops: int) -> str:
+    """The client's address: ``remote_addr``, or with ``trusted_hops`` proxies, the address
+    that the outermost trusted proxy saw (Werkzeug ``ProxyFix(x_for=N)`` semantics).
+
+    A malformed or too short ``X-Forwarded-For`` falls back to ``remote_addr``:
+    a forged header never earns a client a fresh key.
+    """
+    fallback = remote_addr or "unknown"
+    if trusted_hops <= 0 or not forwarded_for or len(forwarded_for) > _MAX_HEADER:
+        return fallback
+    hops = [part.strip() for part in forwarded_for.split(",")]
+    if len(hops) < trusted_hops:
+        return fallback
+    candidate = hops[-trusted_hops]
+    try:
+        return str(ipaddress.ip_address(candidate.strip("[]")))
+    except ValueError:
+        return fallback
+
+
+def queue_seconds(header: str | None, now: float) -> float | None:
+    """Seconds a request waited before reaching the app, from ``X-Request-Start``.
+
+    Accepts ``t=<seconds|ms|µs|ns>`` and a bare number; the unit is read off
+    the magnitude. ``None`` when absent, malformed, in the future or
+    implausibly old: clock skew between proxy and app is never a reason to shed.
+    """
+    if not header or len(header) > 64:
+        return None
+    text = header.strip()
+    if text.startswith("t="):
+        text = text[2:]
+    try:
+        stamp = float(text)
+    except ValueError:
+        return None
+    if not math.isfinite(stamp) or stamp <= 0:
+        return None
+    for scale in (1e9, 1e6, 1e3, 1.0):  # ns, µs, ms, s since the epoch
+        if stamp > 1e9 * scale * 0.5:
+            stamp /= scale
+            break
+    waited = now - stamp
+    if waited < 0 or waited > _PLAUSIBLE_QUEUE_SECONDS:
+        return None
+    return waited

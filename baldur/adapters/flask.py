@@ -1,0 +1,319 @@
+"""Flask glue: ``init_flask(app)`` installs Baldur's request hooks.
+
+Before the view: load shedding (per-process in-flight ceiling, queue time
+from ``X-Request-Start``), the per-client rate limit, and the admission of a
+protected view (its per-client rate limit, concurrency and breaker
+pre-flight), so that a rejected request never reaches the view. After it:
+the outcome (an exception or a 5xx is a failure, a 4xx is not), the
+release of every slot, and the ``RateLimit`` headers. Every ``Rejected``
+becomes its HTTP answer (problem+json), never a 500.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import Token
+from typing import Any
+
+from flask import Flask, Request, Response, request
+from werkzeug.exceptions import HTTPException
+
+from baldur import _log, _runtime
+from baldur._config import _parse_one
+from baldur._pipeline import Protection, WebCall, web_call
+from baldur.adapters._http import client_address, problem, queue_seconds, ratelimit_headers
+from baldur.errors import (
+    BaldurError,
+    CallTimeout,
+    ConfigError,
+    IdempotencyMismatch,
+    Overloaded,
+    RateLimited,
+    Rejected,
+    StoreUnavailable,
+)
+from baldur.policies.breaker import Outcome
+from baldur.policies.concurrency import SHED_RETRY_AFTER, admits
+from baldur.policies.rate_limit import RateDecision, RateLimit
+from baldur.stores._types import Ticket
+
+__all__ = ["init_flask"]
+
+_EXTENSION = "baldur"
+#: Where the hooks keep their per-request state (in the WSGI environ: cheaper than flask.g).
+_STATE = "baldur.request"
+_UNSET: Any = object()
+
+
+class _InFlight:
+    """This process's requests in flight, against the backpressure ceiling."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def enter(self) -> bool:
+        with self._lock:
+            if not admits(self.count, self.limit):
+                return False
+            self.count += 1
+            return True
+
+    def leave(self) -> None:
+        with self._lock:
+            self.count -= 1
+
+
+class _Request:
+    """What the hooks remember about one request (kept on ``flask.g``)."""
+
+    __slots__ = ("client", "in_flight", "policies", "rejected", "settled", "status", "ticket", "token", "web")
+
+    def __init__(self) -> None:
+        self.in_flight = False
+        self.client = ""
+        self.ticket: Ticket | None = None
+        self.web: WebCall | None = None
+        self.token: Token[WebCall | None] | None = None
+        self.status = 0
+        self.settled = False
+        #: The answer is Baldur's own rejection: not an outcome of the view.
+        self.rejected = False
+        self.policies: list[tuple[str, RateLimit, RateDecision]] = []
+
+
+class _Options:
+    def __init__(self, app: Flask, runtime: _runtime.Runtime, rate_limit: RateLimit | str | None,
+                 max_concurrency: int | str | None, key_func: Callable[[Request], str] | None,
+                 trust_proxy: int | None, idempotency: str | None) -> None:
+        settings = runtime.settings
+
+        def pick(name: str, explicit: Any, default: Any) -> Any:
+            if explicit is not None:
+                return _parse_one(name, explicit, origin="init_flask")
+            configured = app.config.get(f"BALDUR_{name.upper()}")
+            if configured is not None:
+                return _parse_one(name, configured, origin="app.config")
+            return default
+
+        limit: RateLimit = pick("rate_limit", rate_limit, settings.rate_limit)
+        self.rate_limit = limit if limit.enabled else None
+        self.max_concurrency: int | None = pick("max_concurrency", max_concurrency, settings.max_concurrency)
+        self.trust_proxy: int = pick("trust_proxy", trust_proxy, settings.trust_proxy)
+        self.idempotency: str = pick("idempotency", idempotency, settings.idempotency)
+        if self.idempotency == "required":
+            raise ConfigError("init_flask(idempotency=...)", "required", 'idempotency="optional"',
+                              "Idempotency-Key handling is not in this version yet")
+        max_queue = settings.max_queue_ms
+        self.max_queue = None if max_queue is None else max_queue / 1000.0
+        if key_func is not None and not callable(key_func):
+            raise ConfigError("init_flask(key_func=...)", key_func,
+                              "init_flask(app, key_func=lambda request: request.headers['X-Api-Key'])",
+                              "a callable taking the request")
+        self.key_func = key_func
+        self.in_flight = _InFlight(self.max_concurrency)
+
+
+def init_flask(
+    app: Flask,
+    *,
+    rate_limit: RateLimit | str | None = None,
+    max_concurrency: int | str | None = None,
+    key_func: Callable[[Request], str] | None = None,
+    trust_proxy: int | None = None,
+    idempotency: str | None = None,
+) -> _runtime.Runtime:
+    """Wire Baldur into ``app``; returns the runtime (``baldur.init()`` is called once per process).
+
+    Each option is read from the argument, else ``app.config["BALDUR_<NAME>"]``,
+    else the ``BALDUR_<NAME>`` environment variable, else its default:
+    ``rate_limit`` (per client, ``"off"``), ``max_concurrency`` (in-flight
+    requests per process, ``auto``: no ceiling beyond the server's own
+    threads), ``trust_proxy`` (proxy hops whose ``X-Forwarded-For`` is
+    believed, 0), ``key_func(request)`` (the client key; default: the
+    client's address) and ``idempotency``.
+    """
+    runtime = _runtime.current()
+    options = _Options(app, runtime, rate_limit, max_concurrency, key_func, trust_proxy, idempotency)
+    app.extensions[_EXTENSION] = options
+    app.wsgi_app = _Middleware(app.wsgi_app, options)  # type: ignore[method-assign]
+    app.before_request(lambda: _admit(app, options))
+    for error in (Rejected, CallTimeout, StoreUnavailable, IdempotencyMismatch):
+        app.register_error_handler(error, _answer_error)
+    return runtime
+
+
+class _Middleware:
+    """The WSGI layer: sheds before Flask does any work, and settles each request
+    when its response has been sent (or the client went away): outcome,
+    release, headers.
+    """
+
+    def __init__(self, wsgi_app: Callable[..., Iterable[bytes]], options: _Options) -> None:
+        self.wsgi_app = wsgi_app
+        self.options = options
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        options = self.options
+        state = _Request()
+        environ[_STATE] = state
+        if options.max_queue is not None:
+            started = environ.get("HTTP_X_REQUEST_START")
+            waited = None if started is None else queue_seconds(started, time.time())
+            if waited is not None and waited > options.max_queue:
+                _log.emit("backpressure.shed", "queue", waited_ms=round(waited * 1000))
+                return _shed(environ, start_response)
+        if options.max_concurrency is not None:
+            if not options.in_flight.enter():
+                _log.emit("backpressure.shed", "in_flight", limit=options.max_concurrency)
+                return _shed(environ, start_response)
+            state.in_flight = True
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            state.status = int(status[:3])
+            if state.policies and not state.rejected:
+                headers.extend(ratelimit_headers(state.policies).items())
+            return start_response(status, headers, exc_info)
+
+        try:
+            body = self.wsgi_app(environ, capture)
+        except BaseException:
+            state.status = 500
+            _settle(state, options)
+            raise
+        return _Settling(body, state, options)
+
+
+class _Settling:
+    """The response body, passed through; settles the request once, when sent or closed."""
+
+    __slots__ = ("body", "options", "state")
+
+    def __init__(self, body: Iterable[bytes], state: _Request, options: _Options) -> None:
+        self.body, self.state, self.options = body, state, options
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self.body
+        except BaseException:
+            self.state.status = 500
+            raise
+        finally:
+            # Sent (or abandoned): settle now rather than wait for a close() that
+            # some callers of a WSGI app forget.
+            _settle(self.state, self.options)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            _settle(self.state, self.options)
+
+
+def _shed(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    status, headers, body = problem(Overloaded("server", SHED_RETRY_AFTER), environ.get("PATH_INFO"))
+    response = Response(body, status=status, headers=headers)
+    return response(environ, start_response)
+
+
+def _settle(state: _Request, options: _Options) -> None:
+    if state.settled:
+        return
+    state.settled = True
+    try:
+        if state.ticket is not None and state.web is not None:
+            runtime = _runtime._current or _runtime.current()
+            runtime.sync.finish(state.ticket, _outcome(state))
+    finally:
+        if state.token is not None:
+            try:
+                web_call.reset(state.token)
+            except ValueError:  # settled in another context than the one it was set in
+                web_call.set(None)
+        if state.in_flight:
+            options.in_flight.leave()
+
+
+def _respond(answer: tuple[int, dict[str, str], bytes]) -> Response:
+    status, headers, body = answer
+    return Response(body, status=status, headers=headers)
+
+
+def _answer_error(exc: BaldurError) -> Response:
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    state: _Request | None = req.environ.get(_STATE)
+    policies: list[tuple[str, RateLimit, RateDecision]] = []
+    if state is not None:
+        # Baldur's own refusals are not outcomes of the view; a timeout is.
+        state.rejected = isinstance(exc, Rejected)
+        policies = state.policies
+    if isinstance(exc, RateLimited) and exc.limit is not None and exc.decision is not None:
+        policies = [*policies, (exc.name, exc.limit, exc.decision)]
+    response = _respond(problem(exc, req.path, [name for name, _, _ in policies]))
+    response.headers.update(ratelimit_headers(policies))
+    return response
+
+
+def _client_key(req: Request, options: _Options) -> str:
+    if options.key_func is not None:
+        key = options.key_func(req)
+        if key:
+            return str(key)
+    return client_address(req.remote_addr, req.environ.get("HTTP_X_FORWARDED_FOR"), options.trust_proxy)
+
+
+def _admit(app: Flask, options: _Options) -> Response | None:
+    """before_request: the per-client rate limit, then the protected view's admission."""
+    req: Request = request._get_current_object()  # type: ignore[attr-defined]
+    state: _Request | None = req.environ.get(_STATE)
+    if state is None:  # the middleware was bypassed (app.wsgi_app replaced after init_flask)
+        return None
+    endpoint = req.endpoint
+    protection: Protection | None = None
+    if endpoint is not None:
+        protection = getattr(app.view_functions.get(endpoint), "__baldur__", None)
+    if options.rate_limit is None and protection is None:
+        return None
+    runtime = _runtime._current or _runtime.current()
+    if options.rate_limit is not None:
+        state.client = _client_key(req, options)
+        decision = runtime.sync.rate(f"web:{state.client}", options.rate_limit)
+        state.policies.append(("default", options.rate_limit, decision))
+        if not decision.allowed:
+            return _answer_error(RateLimited("default", decision.retry_after))
+    if protection is not None:
+        plan = protection.plan(runtime)
+        if plan.rate_limit is not None and not state.client:
+            state.client = _client_key(req, options)
+        try:
+            state.ticket = runtime.sync.admit(plan, state.client or None)
+        except Rejected as exc:
+            return _answer_error(exc)
+        if state.ticket.rate is not None and plan.rate_limit is not None:
+            state.policies.append((protection.name, plan.rate_limit, state.ticket.rate))
+        state.web = WebCall(protection)
+        state.token = web_call.set(state.web)
+    return None
+
+
+def _outcome(state: _Request) -> Outcome:
+    """How the view's call ends for its breaker: an exception or a 5xx fails, a 4xx does not."""
+    web = state.web
+    assert web is not None
+    if state.rejected:
+        return Outcome.IGNORED
+    error = web.error
+    if isinstance(error, HTTPException):
+        return Outcome.FAILURE if (error.code or 500) >= 500 else Outcome.SUCCESS
+    if web.outcome is Outcome.IGNORED:
+        return Outcome.IGNORED  # an exception the breaker was told to ignore
+    if state.status >= 500:
+        return Outcome.FAILURE
+    if web.outcome is Outcome.FAILURE and state.status < 400:
+        return Outcome.FAILURE  # a fallback answered for a failed call, or a slow call
+    return Outcome.SUCCESS
