@@ -36,6 +36,7 @@ from baldur.errors import ConfigError
 
 __all__ = [
     "TRANSITIONS",
+    "diagram",
     "Breaker",
     "BreakerState",
     "Outcome",
@@ -72,6 +73,13 @@ TRANSITIONS: tuple[tuple[State, State, str], ...] = (
 )
 
 _BUCKETS = 10
+
+
+def diagram() -> str:
+    """``TRANSITIONS`` as a Mermaid state diagram (docs/strategies.md shows exactly this)."""
+    lines = ["stateDiagram-v2", "    [*] --> closed"]
+    lines += [f"    {source} --> {target}: {why}" for source, target, why in TRANSITIONS]
+    return "\n".join(lines)
 
 
 def _check(field_name: str, ok: bool, value: object, example: str, reason: str) -> None:
