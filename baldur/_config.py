@@ -11,6 +11,7 @@ import difflib
 import logging
 import math
 import os
+import re
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
@@ -107,6 +108,14 @@ def _concurrency(name: str, value: object, example: str) -> int | None:
     return parsed
 
 
+def _key_prefix(name: str, value: object, example: str) -> str:
+    """A Redis key namespace: braces would break the keys' hash tag, glob characters the SCAN of reset."""
+    text: str = _text(lower=False)(name, value, example)
+    if not text or not text.isascii() or not text.isprintable() or any(c in text for c in " {}*?[]\\"):
+        raise ConfigError(name, value, example, "printable ASCII without spaces, braces or * ? [ ] \\")
+    return text
+
+
 def _redis_url(name: str, value: object, example: str) -> str | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
@@ -120,12 +129,15 @@ def _redis_url(name: str, value: object, example: str) -> str | None:
 
 def _redact(url: str) -> str:
     """The URL without its password, for messages and logs."""
+    url = re.sub(r"(?i)(password=)[^&#]*", r"\1***", url)  # redis-py also reads ?password=
     scheme, sep, rest = url.partition("://")
+    if not sep:  # "user:secret@host" without a scheme must not leak the secret either
+        scheme, rest = "", url
     userinfo, at, host = rest.rpartition("@")
-    if not sep or not at:
+    if not at:
         return url
     user = userinfo.partition(":")[0]
-    return f"{scheme}://{user + ':' if user else ':'}***@{host}"
+    return f"{scheme}{sep}{user + ':' if user else ':'}***@{host}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +164,7 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("max_queue_ms", 10000.0, _number(0, low_open=True, optional=True), "BALDUR_MAX_QUEUE_MS=10000"),
     _Field("idempotency", "optional", _text(("optional", "required", "off")), "BALDUR_IDEMPOTENCY=optional"),
     _Field("idempotency_ttl", 86400.0, _number(0, low_open=True), "BALDUR_IDEMPOTENCY_TTL=86400"),
-    _Field("key_prefix", "baldur", _text(lower=False), "BALDUR_KEY_PREFIX=baldur"),
+    _Field("key_prefix", "baldur", _key_prefix, "BALDUR_KEY_PREFIX=baldur"),
     _Field("redis_timeout_ms", 100.0, _number(0, low_open=True), "BALDUR_REDIS_TIMEOUT_MS=100"),
     _Field("memory_max_keys", 100_000, _number(1, integer=True), "BALDUR_MEMORY_MAX_KEYS=100000"),
     _Field("require_shared_store", False, _flag, "BALDUR_REQUIRE_SHARED_STORE=1"),

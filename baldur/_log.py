@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -41,6 +42,14 @@ _lock = threading.Lock()
 #: (event, key) → [time of the last printed line, records folded since]
 _folds: dict[tuple[str, str], list[float]] = {}
 _own_handler: logging.Handler | None = None
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # a thread of the parent, absent here, may have held it
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _TextFormatter(logging.Formatter):

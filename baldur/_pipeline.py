@@ -27,7 +27,7 @@ import anyio
 
 from baldur import _runtime
 from baldur.errors import CallTimeout, ConfigError, Rejected
-from baldur.policies.breaker import Breaker, Outcome, State
+from baldur.policies.breaker import Breaker, BreakerState, Outcome, State
 from baldur.policies.concurrency import check_limit
 from baldur.policies.rate_limit import RateLimit
 from baldur.policies.retry import Retry, next_delay
@@ -47,6 +47,11 @@ class _Default:
 DEFAULT_BREAKER: Any = _Default()
 _SUCCESS = Outcome.SUCCESS
 _FAILURE = Outcome.FAILURE
+_CLOSED = State.CLOSED
+
+#: Set by a web adapter when it installs hooks that admit views themselves
+#: (``web_call``); until then the fast lane need not look for them.
+web_hooks_installed = False
 
 
 class WebCall:
@@ -68,11 +73,26 @@ web_call: ContextVar[WebCall | None] = ContextVar("baldur_web_call", default=Non
 _declared: dict[str, Breaker] = {}
 
 
+def _no_lane(state: BreakerState) -> None:
+    raise AssertionError("a fast-lane success without a fast lane")  # pragma: no cover
+
+
 class Protection:
     """The validated options of one ``protected``/``guard`` name."""
 
-    __slots__ = ("_plan", "_runtime", "breaker", "fallback", "max_concurrency", "name", "rate_limit",
-                 "retry", "timeout")
+    __slots__ = (
+        "_plan",
+        "_runtime",
+        "breaker",
+        "fallback",
+        "lane",
+        "max_concurrency",
+        "name",
+        "rate_limit",
+        "retry",
+        "succeed",
+        "timeout",
+    )
 
     def __init__(self, name: str, breaker: Breaker | _Default | None, rate_limit: RateLimit | str | None,
                  max_concurrency: int | None, timeout: float | None, retry: Retry | None,
@@ -105,6 +125,9 @@ class Protection:
         self.fallback = fallback
         self._runtime: _runtime.Runtime | None = None
         self._plan: Plan | None = None
+        #: The store's fast lane for this plan (a closed breaker's state), see ``MemoryStore.fast_lane``.
+        self.lane: BreakerState | None = None
+        self.succeed: Callable[[BreakerState], None] = _no_lane
         if isinstance(breaker, Breaker):
             _declared.setdefault(name, breaker)
 
@@ -114,8 +137,22 @@ class Protection:
             return self._plan
         options = runtime.default_breaker if isinstance(self.breaker, _Default) else self.breaker
         plan = Plan(self.name, options, self.rate_limit, self.max_concurrency)
-        self._plan, self._runtime = plan, runtime
+        self._plan, self._runtime, self.lane = plan, runtime, None
         return plan
+
+    def refresh_lane(self, runtime: _runtime.Runtime, plan: Plan) -> None:
+        """After a call on the full path: take the fast lane again if the store offers one."""
+        if self.lane is None or self.lane.state is not _CLOSED:
+            self.lane = runtime.sync.fast_lane(plan)
+            self.succeed = runtime.sync.succeed
+
+    def lane_failed(self, exc: BaseException) -> Outcome:
+        """A call on the fast lane raised: record it as ``finish`` would and say how it counts."""
+        runtime = _runtime._current or _runtime.current()
+        plan = self.plan(runtime)
+        outcome = self.is_failure(exc, plan.breaker)
+        runtime.sync.finish(plan.plain_ticket, outcome)
+        return outcome
 
     def is_failure(self, exc: BaseException, options: Breaker | None) -> Outcome:
         """How an exception raised by the call counts: a failure (fallback applies) or ignored."""
@@ -163,6 +200,9 @@ def protected(
                                   "an async callable needs a coroutine function as fallback")
             wrapper = _async_wrapper(cast(Callable[..., Awaitable[Any]], func), protection)
         else:
+            if fallback is not None and _is_async(fallback):
+                raise ConfigError(f"protected({name!r}, fallback=...)", fallback, "def fallback(exc): ...",
+                                  "a sync callable needs a plain function as fallback")
             wrapper = _sync_wrapper(func, protection)
         functools.update_wrapper(wrapper, func)
         wrapper.__baldur__ = protection  # type: ignore[attr-defined]
@@ -178,6 +218,20 @@ def _sync_wrapper(func: Callable[..., Any], protection: Protection) -> Callable[
     inner = _sync_inner(func, protection)
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        lane = protection.lane
+        if lane is not None and lane.state is _CLOSED and (not web_hooks_installed or web_call.get() is None):
+            # The fast lane: a closed breaker and nothing else to admit.
+            try:
+                result = inner(*args, **kwargs)
+            except BaseException as exc:
+                if protection.lane_failed(exc) is not _FAILURE or fallback is None:
+                    raise
+                return fallback(exc)  # type: ignore[arg-type]
+            protection.succeed(lane)
+            return result
+        return full(*args, **kwargs)
+
+    def full(*args: Any, **kwargs: Any) -> Any:
         runtime = _runtime._current or _runtime.current()
         plan = protection.plan(runtime)
         web = web_call.get()
@@ -202,6 +256,7 @@ def _sync_wrapper(func: Callable[..., Any], protection: Protection) -> Callable[
                 raise
             return fallback(exc)  # type: ignore[arg-type]
         store.finish(ticket, _SUCCESS if slow is None else _timed_outcome(started, slow))
+        protection.refresh_lane(runtime, plan)
         return result
 
     return wrapper
@@ -271,6 +326,20 @@ def _async_wrapper(func: Callable[..., Awaitable[Any]], protection: Protection) 
     inner = _async_inner(func, protection)
 
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        lane = protection.lane
+        if lane is not None and lane.state is _CLOSED and (not web_hooks_installed or web_call.get() is None):
+            # The fast lane: a closed breaker and nothing else to admit.
+            try:
+                result = await inner(*args, **kwargs)
+            except BaseException as exc:
+                if protection.lane_failed(exc) is not _FAILURE or fallback is None:
+                    raise
+                return await fallback(exc)  # type: ignore[arg-type]
+            protection.succeed(lane)
+            return result
+        return await full(*args, **kwargs)
+
+    async def full(*args: Any, **kwargs: Any) -> Any:
         runtime = _runtime._current or _runtime.current()
         plan = protection.plan(runtime)
         web = web_call.get()
@@ -296,6 +365,7 @@ def _async_wrapper(func: Callable[..., Awaitable[Any]], protection: Protection) 
                 raise
             return await fallback(exc)  # type: ignore[arg-type]
         await store.finish(ticket, _SUCCESS if slow is None else _timed_outcome(started, slow))
+        protection.refresh_lane(runtime, plan)
         return result
 
     return wrapper

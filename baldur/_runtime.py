@@ -15,7 +15,7 @@ from typing import Any
 from baldur import _log
 from baldur._config import Settings, load_settings
 from baldur._servers import warn_if_per_process
-from baldur.bridges import AsyncOverSync
+from baldur.bridges import AsyncOverSync, SyncOverAsync
 from baldur.errors import ConfigError
 from baldur.policies.breaker import Breaker
 from baldur.stores._types import AsyncStore, SyncStore
@@ -71,8 +71,12 @@ def reset() -> None:
 def _build(settings: Settings) -> Runtime:
     _log.configure(settings.log_level, settings.log_format)
     if settings.redis_url is not None:
-        raise ConfigError("BALDUR_REDIS_URL", settings.redacted_redis_url(), "unset it",
-                          "this version of Baldur has no Redis store yet; leave it unset to use memory")
+        from baldur.stores.redis import RedisStore
+
+        shared = RedisStore(settings.redis_url, redacted_url=settings.redacted_redis_url() or "",
+                            prefix=settings.key_prefix, timeout=settings.redis_timeout_ms / 1000.0,
+                            max_keys=settings.memory_max_keys)
+        return Runtime(settings, SyncOverAsync(shared), shared, settings.default_breaker(), True, os.getpid())
     if settings.require_shared_store:
         raise ConfigError("BALDUR_REQUIRE_SHARED_STORE", "1", "BALDUR_REDIS_URL=redis://localhost:6379/0",
                           "a shared store is required but BALDUR_REDIS_URL is not set")

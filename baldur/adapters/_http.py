@@ -39,11 +39,18 @@ _IANA = "https://iana.org/assignments/http-problem-types#"
 #: How far back an ``X-Request-Start`` may plausibly lie; older is clock skew, not queueing.
 _PLAUSIBLE_QUEUE_SECONDS = 3600.0
 _MAX_HEADER = 4096
+#: Float arithmetic on clock readings is off by a few ulps: 30.000000000002 s is 30 s, not 31.
+_ROUNDING_SLACK = 1e-6
+
+
+def _whole_seconds(seconds: float) -> int:
+    """``seconds`` rounded up to a whole number, forgiving float noise below a microsecond."""
+    return max(0, math.ceil(seconds - _ROUNDING_SLACK))
 
 
 def retry_after_header(seconds: float) -> str:
     """``Retry-After`` in whole seconds, rounded up, at least 1 (0 would invite a stampede)."""
-    return str(max(1, math.ceil(seconds)))
+    return str(max(1, _whole_seconds(seconds)))
 
 
 def _sf_string(text: str) -> str:
@@ -58,7 +65,7 @@ def ratelimit_headers(policies: Iterable[tuple[str, RateLimit, RateDecision]]) -
     for name, limit, decision in policies:
         label = _sf_string(name)
         policy_items.append(f"{label};q={limit.quota};w={max(1, math.ceil(limit.period))}")
-        state_items.append(f"{label};r={decision.remaining};t={math.ceil(decision.next_after)}")
+        state_items.append(f"{label};r={decision.remaining};t={_whole_seconds(decision.next_after)}")
     if not policy_items:
         return {}
     return {"RateLimit-Policy": ", ".join(policy_items), "RateLimit": ", ".join(state_items)}

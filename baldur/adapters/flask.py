@@ -20,7 +20,7 @@ from typing import Any
 from flask import Flask, Request, Response, request
 from werkzeug.exceptions import HTTPException
 
-from baldur import _log, _runtime
+from baldur import _log, _pipeline, _runtime
 from baldur._config import _parse_one
 from baldur._pipeline import Protection, WebCall, web_call
 from baldur.adapters._http import client_address, problem, queue_seconds, ratelimit_headers
@@ -87,7 +87,7 @@ class _Request:
 
 class _Options:
     def __init__(self, app: Flask, runtime: _runtime.Runtime, rate_limit: RateLimit | str | None,
-                 max_concurrency: int | str | None, key_func: Callable[[Request], str] | None,
+                 max_concurrency: int | str | None, key_func: Callable[[Request], str | None] | None,
                  trust_proxy: int | None, idempotency: str | None) -> None:
         settings = runtime.settings
 
@@ -122,7 +122,7 @@ def init_flask(
     *,
     rate_limit: RateLimit | str | None = None,
     max_concurrency: int | str | None = None,
-    key_func: Callable[[Request], str] | None = None,
+    key_func: Callable[[Request], str | None] | None = None,
     trust_proxy: int | None = None,
     idempotency: str | None = None,
 ) -> _runtime.Runtime:
@@ -139,6 +139,7 @@ def init_flask(
     runtime = _runtime.current()
     options = _Options(app, runtime, rate_limit, max_concurrency, key_func, trust_proxy, idempotency)
     app.extensions[_EXTENSION] = options
+    _pipeline.web_hooks_installed = True
     app.wsgi_app = _Middleware(app.wsgi_app, options)  # type: ignore[method-assign]
     app.before_request(lambda: _admit(app, options))
     for error in (Rejected, CallTimeout, StoreUnavailable, IdempotencyMismatch):
@@ -198,6 +199,8 @@ class _Settling:
     def __iter__(self) -> Iterator[bytes]:
         try:
             yield from self.body
+        except GeneratorExit:
+            raise  # closed early by the consumer (the client went away): not a failure of the view
         except BaseException:
             self.state.status = 500
             raise
@@ -254,7 +257,8 @@ def _answer_error(exc: BaldurError) -> Response:
         policies = state.policies
     if isinstance(exc, RateLimited) and exc.limit is not None and exc.decision is not None:
         policies = [*policies, (exc.name, exc.limit, exc.decision)]
-    response = _respond(problem(exc, req.path, [name for name, _, _ in policies]))
+    # Only the policy that refused is violated; the others are listed in the headers.
+    response = _respond(problem(exc, req.path))
     response.headers.update(ratelimit_headers(policies))
     return response
 
@@ -267,8 +271,12 @@ def _client_key(req: Request, options: _Options) -> str:
     return client_address(req.remote_addr, req.environ.get("HTTP_X_FORWARDED_FOR"), options.trust_proxy)
 
 
-def _admit(app: Flask, options: _Options) -> Response | None:
-    """before_request: the per-client rate limit, then the protected view's admission."""
+def _admit(app: Flask, options: _Options) -> Any:
+    """before_request: the per-client rate limit, then the protected view's admission.
+
+    A view refused by its own protection answers with its ``fallback`` when it has one
+    (as a protected function does), else with the refusal's HTTP answer.
+    """
     req: Request = request._get_current_object()  # type: ignore[attr-defined]
     state: _Request | None = req.environ.get(_STATE)
     if state is None:  # the middleware was bypassed (app.wsgi_app replaced after init_flask)
@@ -293,6 +301,9 @@ def _admit(app: Flask, options: _Options) -> Response | None:
         try:
             state.ticket = runtime.sync.admit(plan, state.client or None)
         except Rejected as exc:
+            if protection.fallback is not None:
+                state.rejected = True
+                return app.ensure_sync(protection.fallback)(exc)
             return _answer_error(exc)
         if state.ticket.rate is not None and plan.rate_limit is not None:
             state.policies.append((protection.name, plan.rate_limit, state.ticket.rate))
@@ -305,9 +316,13 @@ def _outcome(state: _Request) -> Outcome:
     """How the view's call ends for its breaker: an exception or a 5xx fails, a 4xx does not."""
     web = state.web
     assert web is not None
-    if state.rejected:
+    if state.rejected or not web.entered:
+        # Baldur refused, or the view never ran (OPTIONS, a later before_request
+        # answered): nothing to learn about the view's health.
         return Outcome.IGNORED
     error = web.error
+    if isinstance(error, Rejected):
+        return Outcome.IGNORED  # a protected call inside the view was refused (answered by a fallback)
     if isinstance(error, HTTPException):
         return Outcome.FAILURE if (error.code or 500) >= 500 else Outcome.SUCCESS
     if web.outcome is Outcome.IGNORED:

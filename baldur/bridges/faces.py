@@ -7,7 +7,7 @@ path use any store without a branch of its own.
 from __future__ import annotations
 
 from baldur.bridges.loops import run_sync
-from baldur.policies.breaker import Breaker, Outcome, State
+from baldur.policies.breaker import Breaker, BreakerState, Outcome, State
 from baldur.policies.rate_limit import RateDecision, RateLimit
 from baldur.stores._types import AsyncStore, Plan, SyncStore, Ticket
 
@@ -22,6 +22,10 @@ class AsyncOverSync:
 
     async def admit(self, plan: Plan, client: str | None = None) -> Ticket:
         return self.store.admit(plan, client)
+
+    def defer(self, ticket: Ticket, outcome: Outcome) -> bool:
+        self.store.finish(ticket, outcome)
+        return True
 
     async def finish(self, ticket: Ticket, outcome: Outcome) -> None:
         self.store.finish(ticket, outcome)
@@ -48,11 +52,18 @@ class SyncOverAsync:
     def __init__(self, store: AsyncStore) -> None:
         self.store = store
 
+    def fast_lane(self, plan: Plan) -> BreakerState | None:
+        return None  # shared state is never read without asking the store
+
+    def succeed(self, state: BreakerState) -> None:
+        raise AssertionError("a store without a fast lane got a fast-lane success")  # pragma: no cover
+
     def admit(self, plan: Plan, client: str | None = None) -> Ticket:
         return run_sync(self.store.admit, plan, client)
 
     def finish(self, ticket: Ticket, outcome: Outcome) -> None:
-        run_sync(self.store.finish, ticket, outcome)
+        if not self.store.defer(ticket, outcome):
+            run_sync(self.store.finish, ticket, outcome)
 
     def rate(self, key: str, limit: RateLimit) -> RateDecision:
         return run_sync(self.store.rate, key, limit)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import os
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
@@ -28,7 +29,7 @@ from typing import Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-__all__ = ["BackgroundLoop", "LoopPool", "run_sync"]
+__all__ = ["BackgroundLoop", "LoopPool", "background", "is_home_loop", "loop_pool", "run_sync"]
 
 T = TypeVar("T")
 
@@ -58,6 +59,9 @@ class LoopPool:
     def size(self) -> int:
         return len(self._all)
 
+    def owns(self, loop: asyncio.AbstractEventLoop) -> bool:
+        return loop in self._all
+
     def close(self, finalize: Callable[[asyncio.AbstractEventLoop], Awaitable[None]] | None = None) -> None:
         """Close every idle loop, after running ``finalize(loop)`` on it (to close its connections)."""
         with self._lock:
@@ -70,6 +74,7 @@ class LoopPool:
 
     def forget(self) -> None:
         """After fork: the parent's loops are not ours to run or close."""
+        _orphans.append(self._all)
         self._lock = threading.Lock()
         self._idle, self._all = [], []
 
@@ -81,6 +86,8 @@ class BackgroundLoop:
         self._lock = threading.Lock()
         self._cm: AbstractContextManager[BlockingPortal] | None = None
         self._portal: BlockingPortal | None = None
+        #: The background thread's asyncio loop, once started.
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def running(self) -> bool:
@@ -93,7 +100,9 @@ class BackgroundLoop:
         with self._lock:
             if self._portal is None:
                 self._cm = start_blocking_portal("asyncio", name="baldur-background")
-                self._portal = self._cm.__enter__()
+                portal = self._cm.__enter__()
+                self.loop = portal.call(_running_loop)
+                self._portal = portal
             return self._portal
 
     def call(self, func: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -101,15 +110,27 @@ class BackgroundLoop:
 
     def close(self) -> None:
         with self._lock:
-            cm, self._cm, self._portal = self._cm, None, None
-        if cm is not None:
+            cm, portal, self._cm, self._portal, self.loop = self._cm, self._portal, None, None, None
+        if cm is not None and portal is not None:
+            # Cancel what still runs there (flushers, probers): the portal would wait for it forever.
+            with contextlib.suppress(RuntimeError):
+                portal.call(portal.stop, True)
             cm.__exit__(None, None, None)
 
     def forget(self) -> None:
+        # Dropping the parent's portal context manager would finalise it, and its
+        # cleanup waits for the parent's loop thread, which does not exist here.
+        _orphans.append((self._cm, self._portal, self.loop))
         self._lock = threading.Lock()
-        self._cm = self._portal = None
+        self._cm = self._portal = self.loop = None
 
 
+async def _running_loop() -> asyncio.AbstractEventLoop:
+    return asyncio.get_running_loop()
+
+
+#: What a forked child inherited from the parent's loops: kept alive, never run nor finalised.
+_orphans: list[object] = []
 _loops = LoopPool()
 background = BackgroundLoop()
 
@@ -128,6 +149,11 @@ def run_sync(func: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
 
 def loop_pool() -> LoopPool:
     return _loops
+
+
+def is_home_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    """A long-lived loop of ours (a pooled loop or the background loop): it may own connections."""
+    return loop is background.loop or _loops.owns(loop)
 
 
 def _after_fork_in_child() -> None:

@@ -29,6 +29,7 @@ leaves them.
 from __future__ import annotations
 
 import enum
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -36,14 +37,16 @@ from baldur.errors import ConfigError
 
 __all__ = [
     "TRANSITIONS",
-    "diagram",
     "Breaker",
     "BreakerState",
     "Outcome",
     "Preflight",
     "State",
     "Window",
+    "absorb",
+    "diagram",
     "force",
+    "open_lane",
     "preflight",
     "record",
 ]
@@ -183,8 +186,9 @@ class Breaker:
 class Window:
     """Calls and failures of the last ``_BUCKETS`` buckets of ``width`` seconds each.
 
-    A bucket is reused when its epoch (``int(now // width)``) comes round
-    again, so counting costs constant memory and no background work.
+    A bucket is reused when its epoch (``int(now / width)``, ``now`` ≥ 0; the
+    Redis scripts compute ``math.floor(now / width)``, the same double) comes
+    round again, so counting costs constant memory and no background work.
     """
 
     width: float
@@ -193,7 +197,7 @@ class Window:
     failures: list[int] = field(default_factory=lambda: [0] * _BUCKETS)
 
     def add(self, now: float, failed: bool) -> None:
-        epoch = int(now // self.width)
+        epoch = int(now / self.width)
         i = epoch % _BUCKETS
         if self.epochs[i] != epoch:
             self.epochs[i] = epoch
@@ -203,9 +207,15 @@ class Window:
         if failed:
             self.failures[i] += 1
 
+    def add_successes(self, epoch: int, count: int) -> None:
+        """``count`` successes that happened in bucket ``epoch`` (dropped if it has left the window)."""
+        i = epoch % _BUCKETS
+        if self.epochs[i] == epoch:
+            self.calls[i] += count
+
     def totals(self, now: float) -> tuple[int, int]:
         """(calls, failures) in the buckets that are still inside the window."""
-        oldest = int(now // self.width) - _BUCKETS
+        oldest = int(now / self.width) - _BUCKETS
         calls = failures = 0
         for i in range(_BUCKETS):
             if self.epochs[i] > oldest:
@@ -215,6 +225,9 @@ class Window:
 
     def clear(self) -> None:
         self.epochs[:] = [-1] * _BUCKETS
+        # Zero the counts too: ``totals`` counts a bucket of epoch -1 while now < 9 widths.
+        self.calls[:] = [0] * _BUCKETS
+        self.failures[:] = [0] * _BUCKETS
 
 
 @dataclass(slots=True)
@@ -230,6 +243,16 @@ class BreakerState:
     #: When the current half-open period began; trial permits older than
     #: ``open_for`` are taken back, so a lost outcome never wedges the breaker.
     half_open_since: float = 0.0
+    #: The fast lane (``MemoryStore.succeed``): while closed and ``now < lane_end``,
+    #: a success is one ``next(lane_count)`` without any lock (``itertools.count``
+    #: is atomic under the GIL); all such successes fall in bucket ``lane_epoch``.
+    #: ``absorb`` folds them into the window before any decision reads it.
+    lane_epoch: int = -1
+    lane_end: float = -math.inf
+    lane_count: itertools.count[int] = field(default_factory=itertools.count)
+    #: ``next()`` calls made to read ``lane_count`` (not successes), and successes absorbed.
+    lane_reads: int = 0
+    lane_absorbed: int = 0
 
     @classmethod
     def new(cls, options: Breaker) -> BreakerState:
@@ -275,8 +298,38 @@ def preflight(s: BreakerState, now: float, o: Breaker) -> Preflight:
     return Preflight(False, retry_after=min(1.0, o.open_for), transition=transition)
 
 
+def absorb(s: BreakerState) -> None:
+    """Fold the fast lane's successes into the state, as if each had been recorded.
+
+    Successes that arrive after the breaker left ``closed`` (their calls began
+    before the transition) are dropped, as ``record`` drops such outcomes.
+    """
+    total = next(s.lane_count) - s.lane_reads
+    s.lane_reads += 1
+    fresh = total - s.lane_absorbed
+    if not fresh:
+        return
+    s.lane_absorbed = total
+    if s.state is State.CLOSED:
+        s.consecutive_failures = 0
+        s.window.add_successes(s.lane_epoch, fresh)
+
+
+def open_lane(s: BreakerState, now: float) -> None:
+    """Record one success at ``now`` and open the fast lane for the rest of its bucket."""
+    absorb(s)
+    if s.state is not State.CLOSED:
+        return
+    s.consecutive_failures = 0
+    s.window.add(now, False)
+    s.lane_epoch = int(now / s.window.width)
+    s.lane_end = (s.lane_epoch + 1) * s.window.width
+
+
 def record(s: BreakerState, now: float, o: Breaker, outcome: Outcome, trial: bool) -> State | None:
     """Count the outcome of a call admitted by ``preflight``; return the new state if it changed."""
+    if s.lane_end != -math.inf:
+        absorb(s)
     state = s.state
     if state is State.CLOSED:
         if trial or outcome is Outcome.IGNORED:
@@ -291,7 +344,8 @@ def record(s: BreakerState, now: float, o: Breaker, outcome: Outcome, trial: boo
             return _open(s, now)
         if o.failure_rate is not None:
             calls, failures = s.window.totals(now)
-            if calls >= o.min_calls and failures >= o.failure_rate * calls:
+            # A share, not a product: 7 of 100 must reach failure_rate=0.07 (0.07 * 100 > 7.0).
+            if calls >= o.min_calls and failures / calls >= o.failure_rate:
                 return _open(s, now)
         return None
     if state is State.HALF_OPEN and trial:
@@ -311,6 +365,7 @@ def record(s: BreakerState, now: float, o: Breaker, outcome: Outcome, trial: boo
 
 def force(s: BreakerState, target: State) -> None:
     """Manual control: force open, force closed, or reset to a fresh closed breaker."""
+    absorb(s)
     if target is State.CLOSED:
         _close(s)
     elif target in (State.FORCED_OPEN, State.FORCED_CLOSED):
@@ -320,7 +375,13 @@ def force(s: BreakerState, target: State) -> None:
         raise ValueError(f"cannot force a breaker to {target}")
 
 
+def _close_lane(s: BreakerState) -> None:
+    absorb(s)
+    s.lane_end = -math.inf
+
+
 def _open(s: BreakerState, now: float) -> State:
+    _close_lane(s)
     s.state = State.OPEN
     s.opened_at = now
     s.consecutive_failures = 0
@@ -330,6 +391,7 @@ def _open(s: BreakerState, now: float) -> State:
 
 
 def _close(s: BreakerState) -> None:
+    _close_lane(s)
     s.state = State.CLOSED
     s.consecutive_failures = 0
     s.trials_issued = s.trials_succeeded = 0

@@ -76,7 +76,7 @@ OFF = "off"
 
 def _parse(spec: str, setting: str) -> tuple[int, float]:
     text = spec.strip().lower()
-    if text in (OFF, "none", "0", ""):
+    if text in (OFF, "none", "0"):  # not "": an empty spec is a mistake, not a way to say off
         return 0, 1.0
     match = _SPEC.match(text)
     if match is None:
@@ -116,19 +116,22 @@ def gcra(tat: float | None, now: float, limit: RateLimit, cost: int = 1) -> tupl
     base = now if tat is None or tat < now else tat
     new_tat = base + interval * cost
     allow_at = new_tat - tolerance - interval
-    if allow_at > now:
+    # A TAT built by adding intervals drifts by a few ulps: without this slack a burst
+    # of N would admit N - 1 (and count one unit too few) for many values of ``now``.
+    eps = min(0.5 * interval, 1e-10 * max(1.0, abs(new_tat)))
+    if allow_at - now > eps:
         return RateDecision(
             allowed=False,
-            remaining=_remaining(tolerance - (base - now), interval),
+            remaining=_remaining(tolerance - (base - now), interval, eps),
             retry_after=allow_at - now,
             next_after=allow_at - now,
             reset_after=base - now,
         ), tat
     slack = tolerance - (new_tat - now)
-    next_after = interval - (slack % interval) if slack >= 0 else -slack
-    return RateDecision(True, _remaining(slack, interval), 0.0, next_after, new_tat - now), new_tat
+    next_after = interval - ((slack + eps) % interval - eps) if slack + eps >= 0 else -slack
+    return RateDecision(True, _remaining(slack, interval, eps), 0.0, next_after, new_tat - now), new_tat
 
 
-def _remaining(slack: float, interval: float) -> int:
+def _remaining(slack: float, interval: float, eps: float = 0.0) -> int:
     """Units of quota left when the bucket has ``slack`` seconds of tolerance unused."""
-    return math.floor(slack / interval) + 1 if slack >= 0 else 0
+    return math.floor((slack + eps) / interval) + 1 if slack + eps >= 0 else 0

@@ -74,7 +74,11 @@ def next_delay(retry: Retry, exc: BaseException, attempt: int, elapsed: float, d
     """
     if attempt >= retry.attempts or isinstance(exc, Rejected) or not isinstance(exc, retry.on):
         return None
-    delay = draw * min(retry.max_backoff, retry.backoff * 2.0 ** (attempt - 1))
+    try:  # backoff × 2^(attempt−1); past 2^1023 a float overflows (attempts=2000 is legal, if odd)
+        grown = math.ldexp(retry.backoff, attempt - 1)
+    except OverflowError:
+        grown = math.inf
+    delay = draw * min(retry.max_backoff, grown)
     if retry.deadline is not None and elapsed + delay >= retry.deadline:
         return None
     return delay

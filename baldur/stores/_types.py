@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from baldur.policies.breaker import Breaker, Outcome, State
+from baldur.policies.breaker import Breaker, BreakerState, Outcome, State
 from baldur.policies.rate_limit import RateDecision, RateLimit
 
 __all__ = ["AsyncStore", "Plan", "SyncStore", "Ticket"]
@@ -26,6 +26,8 @@ class Plan:
     breaker: Breaker | None
     rate_limit: RateLimit | None
     max_concurrency: int | None
+    #: Admission needs the store's lock (a rate limit or a concurrency limit).
+    needs_lock: bool = field(init=False)
     breaker_key: str = field(init=False)
     rate_key: str = field(init=False)
     concurrency_key: str = field(init=False)
@@ -35,20 +37,17 @@ class Plan:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
+        set_(self, "needs_lock", self.rate_limit is not None or self.max_concurrency is not None)
         set_(self, "breaker_key", f"b:{self.name}")
         set_(self, "rate_key", f"r:{self.name}")
         set_(self, "concurrency_key", f"c:{self.name}")
         set_(self, "plain_ticket", Ticket(self))
 
-    @property
-    def needs_lock(self) -> bool:
-        return self.rate_limit is not None or self.max_concurrency is not None
-
 
 class Ticket:
     """Proof of admission: what ``finish`` must record and release."""
 
-    __slots__ = ("holds_slot", "plan", "rate", "trial")
+    __slots__ = ("holds_slot", "lease", "local", "plan", "rate", "trial")
 
     def __init__(self, plan: Plan, trial: bool = False, holds_slot: bool = False,
                  rate: RateDecision | None = None) -> None:
@@ -56,9 +55,19 @@ class Ticket:
         self.trial = trial
         self.holds_slot = holds_slot
         self.rate = rate
+        #: A shared store's concurrency lease, to give back.
+        self.lease: str | None = None
+        #: Issued by a shared store's local fallback while it was down.
+        self.local = False
 
 
 class SyncStore(Protocol):
+    def fast_lane(self, plan: Plan) -> BreakerState | None:
+        """A closed breaker's state the caller may use directly, or ``None`` (see MemoryStore)."""
+
+    def succeed(self, state: BreakerState) -> None:
+        """A success through the fast lane."""
+
     def admit(self, plan: Plan, client: str | None = None) -> Ticket:
         """Rate limit, concurrency and breaker pre-flight in one step; raise ``Rejected``."""
 
@@ -79,6 +88,9 @@ class SyncStore(Protocol):
 
 
 class AsyncStore(Protocol):
+    def defer(self, ticket: Ticket, outcome: Outcome) -> bool:
+        """Record ``outcome`` without I/O if it can wait (written behind); ``False`` if it must be sent."""
+
     async def admit(self, plan: Plan, client: str | None = None) -> Ticket: ...
 
     async def finish(self, ticket: Ticket, outcome: Outcome) -> None: ...

@@ -10,8 +10,10 @@ which is the price of a bounded process.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -40,6 +42,7 @@ class MemoryStore:
         self.clock = clock
         self._lock = threading.Lock()
         self._keys: OrderedDict[str, object] = OrderedDict()
+        _stores.add(self)
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -97,10 +100,12 @@ class MemoryStore:
         if options is None and not ticket.holds_slot:
             return
         now = self.clock()
-        with self._lock:
+        transition = None
+        lock = self._lock
+        lock.acquire()
+        try:
             if ticket.holds_slot:
                 self._release(plan.concurrency_key)
-            transition = None
             if options is not None:
                 state = self._breaker(plan.breaker_key, options)
                 if outcome is _SUCCESS and state.state is _CLOSED and not ticket.trial:
@@ -109,7 +114,36 @@ class MemoryStore:
                     state.window.add(now, False)
                 else:
                     transition = breaker_policy.record(state, now, options, outcome, ticket.trial)
-        self._announce(plan.name, transition)
+        finally:
+            lock.release()
+        if transition is not None:
+            self._announce(plan.name, transition)
+
+    def fast_lane(self, plan: Plan) -> BreakerState | None:
+        """The breaker state a caller may hold on to while it stays closed, or ``None``.
+
+        Only for plans whose whole admission is a closed breaker (no rate
+        limit, no concurrency limit, no slow-call timing). While
+        ``state.state is CLOSED`` the caller skips ``admit`` and reports each
+        success with ``succeed``; anything else goes through ``admit`` and
+        ``finish``. A state that leaves the store (reset, eviction) is retired:
+        it never reads closed again, so a holder falls back to ``admit``.
+        """
+        options = plan.breaker
+        if options is None or plan.needs_lock or options.slow_call is not None:
+            return None
+        with self._lock:
+            state = self._breaker(plan.breaker_key, options)
+        return state if state.state is _CLOSED else None
+
+    def succeed(self, state: BreakerState) -> None:
+        """A success through the fast lane (see ``fast_lane``): the hottest path of all."""
+        now = self.clock()
+        if now < state.lane_end and state.state is _CLOSED:
+            next(state.lane_count)  # no lock: see ``BreakerState.lane_count``
+            return
+        with self._lock:
+            breaker_policy.open_lane(state, now)
 
     def rate(self, key: str, limit: RateLimit) -> RateDecision:
         now = self.clock()
@@ -132,6 +166,8 @@ class MemoryStore:
 
     def reset(self) -> None:
         with self._lock:
+            for value in self._keys.values():
+                _retire(value)
             self._keys.clear()
 
     def close(self) -> None:
@@ -182,7 +218,7 @@ class MemoryStore:
             else:
                 break
         while len(keys) > self.max_keys:
-            keys.popitem(last=False)
+            _retire(keys.popitem(last=False)[1])
 
     def _release(self, key: str) -> None:
         count = self._keys.get(key)
@@ -193,6 +229,25 @@ class MemoryStore:
     def _announce(name: str, transition: State | None) -> None:
         if transition is not None:
             _log.emit(_TRANSITION_EVENTS[transition], name, state=str(transition))
+
+
+#: Every memory store of the process: a child after fork() gives each a fresh lock,
+#: since a thread of the parent (absent in the child) may have held it.
+_stores: weakref.WeakSet[MemoryStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_stores):
+        store._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _retire(value: object) -> None:
+    """A breaker state that left the store must never read closed again (see ``fast_lane``)."""
+    if isinstance(value, BreakerState):
+        value.state = State.FORCED_OPEN
 
 
 def _announce_rejection(rejection: Exception, client: str | None) -> None:

@@ -1,0 +1,48 @@
+-- Admission in one step: rate limit, then a concurrency lease, then the
+-- breaker's pre-flight (after recording this worker's written-behind successes).
+-- KEYS: 1 rate TAT, 2 concurrency leases (zset, score = expiry), 3 breaker hash
+-- ARGV: 1 now ('' = server clock)
+--       2 rate interval (0 = no limit), 3 rate tolerance
+--       4 concurrency limit (0 = none), 5 lease id, 6 lease seconds
+--       7 breaker on (0/1), 8..14 breaker options (see breaker_options)
+--       15 successes written behind since the last call
+-- Returns {verdict, remaining, retry_after, next_after, reset_after, trial, transitions}
+--   verdict: 0 admitted, 1 rate limited, 2 overloaded, 3 circuit open
+local now = clock(ARGV[1])
+local interval = tonumber(ARGV[2])
+local remaining, retry_after, next_after, reset_after = 0, 0, 0, 0
+if interval > 0 then
+  local allowed
+  allowed, remaining, retry_after, next_after, reset_after = gcra(KEYS[1], now, interval, tonumber(ARGV[3]))
+  if allowed == 0 then
+    return {1, remaining, fmt(retry_after), fmt(next_after), fmt(reset_after), 0, ''}
+  end
+end
+local limit = tonumber(ARGV[4])
+local holds = false
+if limit > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', fmt(now))
+  if redis.call('ZCARD', KEYS[2]) >= limit then
+    return {2, remaining, '0', fmt(next_after), fmt(reset_after), 0, ''}
+  end
+  local lease_for = tonumber(ARGV[6])
+  redis.call('ZADD', KEYS[2], fmt(now + lease_for), ARGV[5])
+  redis.call('EXPIRE', KEYS[2], math.ceil(lease_for) + 1)
+  holds = true
+end
+local trial, transitions = 0, ''
+if ARGV[7] == '1' then
+  local o = breaker_options(ARGV, 8)
+  local s = br_load(KEYS[3])
+  local pending = tonumber(ARGV[15])
+  if pending > 0 then transitions = br_record(KEYS[3], s, now, o, 's', false, pending) end
+  local admitted, wait, transition
+  admitted, trial, wait, transition = br_preflight(s, now, o)
+  if transition ~= '' then transitions = transitions .. ' ' .. transition end
+  br_save(KEYS[3], s, o.ttl)
+  if admitted == 0 then
+    if holds then redis.call('ZREM', KEYS[2], ARGV[5]) end
+    return {3, remaining, fmt(wait), fmt(next_after), fmt(reset_after), 0, transitions}
+  end
+end
+return {0, remaining, '0', fmt(next_after), fmt(reset_after), trial, transitions}

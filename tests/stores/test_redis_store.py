@@ -1,0 +1,229 @@
+"""The Redis store against a real, private redis-server (see tests/redis_server.py).
+
+The conformance tests drive the memory store and the Redis store through the
+same sequences with the same clock and expect the same decisions: the Lua
+scripts must follow ``baldur.policies`` rule for rule.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from baldur.bridges import SyncOverAsync
+from baldur.errors import CircuitOpen, ConfigError, Overloaded, Rejected
+from baldur.policies.breaker import Breaker, Outcome, State
+from baldur.policies.rate_limit import RateLimit
+from baldur.stores._types import Plan, Ticket
+from baldur.stores.memory import MemoryStore
+from baldur.stores.redis import RedisStore
+from tests.redis_server import RedisServer
+
+
+class FakeClock:
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    yield redis_server.url
+    client.flushall()
+    client.close()
+
+
+def make_pair(url: str, clock: FakeClock) -> tuple[Any, Any]:
+    memory = MemoryStore(clock=clock)
+    shared = SyncOverAsync(RedisStore(url, redacted_url=url, prefix="conf", clock=clock))
+    return memory, shared
+
+
+def attempt(store: Any, plan: Plan, client: str | None = None) -> tuple[str, Ticket | None, float]:
+    try:
+        ticket = store.admit(plan, client)
+    except Rejected as exc:
+        return type(exc).__name__, None, round(exc.retry_after, 6)
+    rate = None if ticket.rate is None else (ticket.rate.remaining, round(ticket.rate.next_after, 6))
+    return f"admitted trial={ticket.trial} rate={rate}", ticket, 0.0
+
+
+def flush(store: Any) -> None:
+    if isinstance(store, SyncOverAsync):
+        from baldur.bridges import run_sync
+
+        run_sync(store.store.flush)
+
+
+def test_the_same_random_sequence_gives_the_same_decisions_on_both_stores(redis_url: str) -> None:
+    clock = FakeClock()
+    memory, shared = make_pair(redis_url, clock)
+    options = Breaker(failure_rate=0.5, min_calls=4, window=10, consecutive_failures=3, open_for=5,
+                      half_open_calls=2)
+    plan = Plan("conformance", options, RateLimit("20/minute", burst=5), 3)
+    rng = random.Random(7)
+    held: list[tuple[Ticket, Ticket]] = []
+    for step in range(400):
+        move = rng.random()
+        if move < 0.45:
+            a, ticket_m, ra = attempt(memory, plan)
+            b, ticket_s, rb = attempt(shared, plan)
+            assert (a, ra) == (b, rb), f"step {step}"
+            if ticket_m is not None and ticket_s is not None:
+                held.append((ticket_m, ticket_s))
+        elif move < 0.85 and held:
+            ticket_m, ticket_s = held.pop(rng.randrange(len(held)))
+            outcome = rng.choice([Outcome.SUCCESS, Outcome.SUCCESS, Outcome.FAILURE, Outcome.IGNORED])
+            memory.finish(ticket_m, outcome)
+            shared.finish(ticket_s, outcome)
+            flush(shared)
+        else:
+            clock.now += rng.choice([0.1, 0.5, 1.0, 3.0, 6.0])
+        assert memory.read_breaker(plan.name, options) == shared.read_breaker(plan.name, options), f"step {step}"
+
+
+def test_rate_decisions_match_the_memory_store(redis_url: str) -> None:
+    clock = FakeClock(1_700_000_000.0)  # a Redis-like epoch clock
+    memory, shared = make_pair(redis_url, clock)
+    limit = RateLimit("100/minute")
+    rng = random.Random(3)
+    for _ in range(300):
+        a, b = memory.rate("client", limit), shared.rate("client", limit)
+        assert (a.allowed, a.remaining) == (b.allowed, b.remaining)
+        assert a.retry_after == pytest.approx(b.retry_after, abs=1e-6)
+        assert a.next_after == pytest.approx(b.next_after, abs=1e-6)
+        clock.now += rng.choice([0.0, 0.0, 0.1, 0.6, 2.0])
+
+
+def test_a_limit_of_100_admits_exactly_100_at_once(redis_url: str) -> None:
+    store = SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url))
+    plan = Plan("hundred", None, RateLimit("100/hour"), None)
+    outcomes = [attempt(store, plan)[0] for _ in range(150)]
+    assert sum(o.startswith("admitted") for o in outcomes) == 100
+    assert outcomes[100:] == ["RateLimited"] * 50
+
+
+def test_every_key_has_a_ttl_and_carries_the_prefix_and_a_hash_tag(redis_url: str) -> None:
+    store = SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url, prefix="tt"))
+    plan = Plan("keys", Breaker(consecutive_failures=1), RateLimit("5/second"), 2)
+    ticket = store.admit(plan, "10.0.0.1")
+    store.finish(ticket, Outcome.FAILURE)
+    store.rate("web:10.0.0.1", RateLimit("10/minute"))
+    client = redis.Redis.from_url(redis_url)
+    keys = [k.decode() for k in client.keys("*")]
+    assert keys, "nothing was written"
+    for key in keys:
+        assert key.startswith("tt:{"), key
+        assert client.ttl(key) > 0, f"{key} lives forever"
+    client.close()
+
+
+def test_a_script_flushed_from_redis_is_loaded_again(redis_url: str) -> None:
+    store = SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url))
+    plan = Plan("noscript", Breaker(), None, None)
+    store.admit(plan)
+    redis.Redis.from_url(redis_url).script_flush()
+    store.admit(plan)  # NOSCRIPT → SCRIPT LOAD → EVALSHA
+
+
+def test_concurrency_leases_are_shared_and_given_back(redis_url: str) -> None:
+    one = SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url))
+    two = SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url))
+    plan = Plan("pool", None, None, 2)
+    first, second = one.admit(plan), two.admit(plan)
+    with pytest.raises(Overloaded):
+        one.admit(plan)
+    two.finish(second, Outcome.SUCCESS)
+    third = one.admit(plan)
+    one.finish(first, Outcome.SUCCESS)
+    one.finish(third, Outcome.SUCCESS)
+
+
+def test_a_breaker_opened_through_one_process_rejects_in_another(redis_url: str) -> None:
+    one = SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url))
+    two = SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url))
+    plan = Plan("shared-breaker", Breaker(consecutive_failures=2, open_for=30), None, None)
+    for store in (one, two):
+        store.finish(store.admit(plan), Outcome.FAILURE)
+    with pytest.raises(CircuitOpen) as caught:
+        two.admit(plan)
+    assert 29 < caught.value.retry_after <= 30
+    assert one.read_breaker(plan.name, plan.breaker) is State.OPEN  # type: ignore[arg-type]
+
+
+def test_written_behind_successes_reach_redis_and_reset_the_failure_streak(redis_url: str) -> None:
+    store = SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url))
+    plan = Plan("streak", Breaker(consecutive_failures=3, failure_rate=None), None, None)
+    for _ in range(2):
+        store.finish(store.admit(plan), Outcome.FAILURE)
+    store.finish(store.admit(plan), Outcome.SUCCESS)  # written behind
+    for _ in range(2):
+        store.finish(store.admit(plan), Outcome.FAILURE)
+    assert store.read_breaker(plan.name, plan.breaker) is State.CLOSED  # type: ignore[arg-type]
+    store.finish(store.admit(plan), Outcome.FAILURE)
+    assert store.read_breaker(plan.name, plan.breaker) is State.OPEN  # type: ignore[arg-type]
+
+
+def test_forced_states_are_shared(redis_url: str) -> None:
+    one = SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url))
+    two = SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url))
+    options = Breaker()
+    one.force_breaker("forced", options, State.FORCED_OPEN)
+    with pytest.raises(CircuitOpen):
+        two.admit(Plan("forced", options, None, None))
+    one.force_breaker("forced", options, State.CLOSED)
+    two.admit(Plan("forced", options, None, None))
+
+
+def test_a_frozen_redis_costs_one_timeout_then_nothing(redis_server: RedisServer, redis_url: str,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    store = SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url, timeout=0.1))
+    plan = Plan("frozen", Breaker(), RateLimit("1000/second"), None)
+    store.admit(plan)
+    caplog.set_level(logging.WARNING, logger="baldur")
+    redis_server.freeze()
+    try:
+        started = time.monotonic()
+        store.admit(plan)  # waits one timeout, then falls back to memory
+        first = time.monotonic() - started
+        started = time.monotonic()
+        for _ in range(20):
+            store.admit(plan)  # Redis is known down: nobody waits
+        rest = time.monotonic() - started
+    finally:
+        redis_server.thaw()
+    assert first < 1.0 and rest < 1.0
+    assert store.store.down
+    assert "store.degraded" in caplog.text
+    deadline = time.monotonic() + 10
+    while store.store.down and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not store.store.down, "the store did not recover after Redis came back"
+    assert "store.recovered" in caplog.text
+
+
+def test_an_unparseable_url_is_a_config_error_without_the_password() -> None:
+    with pytest.raises(ConfigError) as caught:
+        RedisStore("redis://user:hunter2@host:notaport/0", redacted_url="redis://user:***@host:notaport/0")
+    assert "hunter2" not in str(caught.value)
+
+
+def test_a_wrong_password_degrades_and_never_logs_the_password(redis_url: str,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    url = redis_url.replace("redis://", "redis://user:hunter2@")
+    store = SyncOverAsync(RedisStore(url, redacted_url=redis_url.replace("redis://", "redis://user:***@")))
+    caplog.set_level(logging.WARNING, logger="baldur")
+    store.admit(Plan("auth", Breaker(), RateLimit("5/second"), None))  # fails open on memory
+    assert store.store.down
+    assert "hunter2" not in caplog.text
+    assert "user:***@" in caplog.text
