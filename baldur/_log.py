@@ -77,18 +77,26 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
+#: The level Baldur itself last set on the ``baldur`` logger.
+_our_level: int | None = None
+
+
 def configure(level: str, fmt: str) -> None:
-    """Set the ``baldur`` level; add a stdout handler only if nothing would print."""
-    global _own_handler
+    """Set the ``baldur`` level (unless the host app set its own); add a stdout handler
+    only if nothing would print a ``baldur`` record (configure logging before ``init``)."""
+    global _own_handler, _our_level
     logger = logging.getLogger(ROOT)
-    logger.setLevel(level)
+    if logger.level in (logging.NOTSET, _our_level):
+        logger.setLevel(level)
+        _our_level = logger.level
+    formatter = _JsonFormatter() if fmt == "json" else _TextFormatter()
     if _own_handler is not None:
-        _own_handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
+        _own_handler.setFormatter(formatter)
         return
     if logger.hasHandlers():
         return
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
+    handler.setFormatter(formatter)
     logger.addHandler(handler)
     _own_handler = handler
 

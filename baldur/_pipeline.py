@@ -31,7 +31,7 @@ from baldur.policies.breaker import Breaker, BreakerState, Outcome, State
 from baldur.policies.concurrency import check_limit
 from baldur.policies.rate_limit import RateLimit
 from baldur.policies.retry import Retry, next_delay
-from baldur.stores._types import Plan
+from baldur.stores._types import Plan, Ticket
 
 __all__ = ["BreakerHandle", "Protection", "WebCall", "breaker", "guard", "protected", "web_call"]
 
@@ -424,51 +424,70 @@ def _async_inner(func: Callable[..., Awaitable[Any]], protection: Protection) ->
 
 # -- guard -----------------------------------------------------------------
 
-class guard:
+class _Entry:
+    """One ``async with`` of a guard: what its exit must record and release."""
+
+    __slots__ = ("plan", "scope", "started", "ticket")
+
+    def __init__(self, plan: Plan, ticket: Ticket, scope: anyio.CancelScope | None) -> None:
+        self.plan, self.ticket, self.scope = plan, ticket, scope
+        self.started = time.monotonic()
+
+
+class guard:  # lower case: used like a function, ``async with baldur.guard("name"):``
     """The pipeline as an async context manager around a block of code.
 
     ``async with baldur.guard("search", timeout=2):`` admits the block (rate
     limit, concurrency, breaker), cancels it after ``timeout`` seconds with
     ``CallTimeout``, and records how it ended. A block cannot be re-run or
-    replaced, so retries and fallbacks belong to ``protected``.
+    replaced, so retries and fallbacks belong to ``protected``. One guard
+    object may be entered by many tasks at once (and again within one task):
+    each entry keeps its own state.
     """
 
-    __slots__ = ("_plan", "_protection", "_scope", "_started", "_ticket")
+    __slots__ = ("_entries", "_protection")
 
     def __init__(self, name: str, *, breaker: Breaker | None = DEFAULT_BREAKER,
                  rate_limit: RateLimit | str | None = None, max_concurrency: int | None = None,
                  timeout: float | None = None) -> None:
         self._protection = Protection(name, breaker, rate_limit, max_concurrency, timeout, None, None)
-        self._scope: anyio.CancelScope | None = None
+        #: task id → its open entries, innermost last
+        self._entries: dict[int, list[_Entry]] = {}
 
     async def __aenter__(self) -> guard:
         runtime = _runtime._current or _runtime.current()
-        self._plan = self._protection.plan(runtime)
-        self._ticket = await runtime.async_.admit(self._plan)
-        self._started = time.monotonic()
+        plan = self._protection.plan(runtime)
+        ticket = await runtime.async_.admit(plan)
+        scope = None
         if self._protection.timeout is not None:
-            self._scope = anyio.move_on_after(self._protection.timeout)
-            self._scope.__enter__()
+            scope = anyio.move_on_after(self._protection.timeout)
+            scope.__enter__()
+        self._entries.setdefault(anyio.get_current_task().id, []).append(_Entry(plan, ticket, scope))
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> bool:
+        task = anyio.get_current_task().id
+        stack = self._entries[task]
+        entry = stack.pop()
+        if not stack:
+            del self._entries[task]
         timed_out = False
-        if self._scope is not None:
-            swallowed = self._scope.__exit__(exc_type, exc, tb)
-            timed_out = self._scope.cancelled_caught
+        if entry.scope is not None:
+            swallowed = entry.scope.__exit__(exc_type, exc, tb)
+            timed_out = entry.scope.cancelled_caught
             if swallowed and not timed_out:
                 exc = None
-        plan = self._plan
+        plan = entry.plan
         slow = plan.breaker.slow_call if plan.breaker is not None else None
         if timed_out:
             outcome = _FAILURE
         elif exc is not None:
             outcome = self._protection.is_failure(exc, plan.breaker)
         else:
-            outcome = _SUCCESS if slow is None else _timed_outcome(self._started, slow)
+            outcome = _SUCCESS if slow is None else _timed_outcome(entry.started, slow)
         with anyio.CancelScope(shield=True):
-            await (_runtime._current or _runtime.current()).async_.finish(self._ticket, outcome)
+            await (_runtime._current or _runtime.current()).async_.finish(entry.ticket, outcome)
         if timed_out:
             raise CallTimeout(self._protection.name, cast(float, self._protection.timeout))
         return False

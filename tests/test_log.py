@@ -39,6 +39,7 @@ class Clock:
 def fresh_log_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No folding memory from other tests; the runtime and the ``baldur`` level are put back."""
     monkeypatch.setattr(_log, "_folds", {})
+    monkeypatch.setattr(_log, "_our_level", _log._our_level)  # Baldur's own level, told apart from the app's
     monkeypatch.setattr(_runtime, "_current", _runtime._current)
     logger = logging.getLogger("baldur")
     level = logger.level
@@ -286,3 +287,10 @@ def test_a_flood_prints_one_line_then_one_with_the_folded_count(
             call()
         [line] = capsys.readouterr().out.splitlines()
         assert "folded" not in line  # the count starts again
+
+
+def test_a_level_the_app_set_on_the_baldur_logger_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    logging.getLogger("baldur").setLevel(logging.DEBUG)
+    monkeypatch.setattr(_runtime, "_current", None)
+    baldur.init(log_level="ERROR")
+    assert logging.getLogger("baldur").level == logging.DEBUG

@@ -864,3 +864,23 @@ def test_sixteen_threads_get_exactly_the_rate_limit(threads: Threads) -> None:
     threads.join()
     assert threads.errors == []
     assert sum(threads.results) == quota  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_one_guard_object_serves_many_tasks_at_once() -> None:
+    shared = baldur.guard("shared-guard", max_concurrency=10, timeout=5)
+    entered = 0
+    all_in = anyio.Event()
+
+    async def use() -> None:
+        nonlocal entered
+        async with shared:
+            entered += 1
+            if entered == 5:
+                all_in.set()
+            await all_in.wait()
+
+    async with anyio.create_task_group() as tasks:
+        for _ in range(5):
+            tasks.start_soon(use)
+    assert entered == 5

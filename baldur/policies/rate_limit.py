@@ -116,9 +116,10 @@ def gcra(tat: float | None, now: float, limit: RateLimit, cost: int = 1) -> tupl
     base = now if tat is None or tat < now else tat
     new_tat = base + interval * cost
     allow_at = new_tat - tolerance - interval
-    # A TAT built by adding intervals drifts by a few ulps: without this slack a burst
-    # of N would admit N - 1 (and count one unit too few) for many values of ``now``.
-    eps = min(0.5 * interval, 1e-10 * max(1.0, abs(new_tat)))
+    # A TAT built by adding intervals drifts by up to half an ulp per addition: without
+    # this slack a burst of N would admit N - 1 (and count one unit too few) for many
+    # values of ``now``. A few ulps per unit of burst: nanoseconds, never a real early admission.
+    eps = min(0.5 * interval, 4 * (tolerance / interval + 1) * _ulp(new_tat))
     if allow_at - now > eps:
         return RateDecision(
             allowed=False,
@@ -130,6 +131,11 @@ def gcra(tat: float | None, now: float, limit: RateLimit, cost: int = 1) -> tupl
     slack = tolerance - (new_tat - now)
     next_after = interval - ((slack + eps) % interval - eps) if slack + eps >= 0 else -slack
     return RateDecision(True, _remaining(slack, interval, eps), 0.0, next_after, new_tat - now), new_tat
+
+
+def _ulp(x: float) -> float:
+    """The spacing of doubles near ``x`` (as the Redis scripts compute it, with frexp)."""
+    return math.ldexp(1.0, math.frexp(x)[1] - 53)
 
 
 def _remaining(slack: float, interval: float, eps: float = 0.0) -> int:

@@ -97,8 +97,14 @@ class MemoryStore:
     def finish(self, ticket: Ticket, outcome: Outcome) -> None:
         plan = ticket.plan
         options = plan.breaker
-        if options is None and not ticket.holds_slot:
-            return
+        if not ticket.holds_slot:
+            if options is None:
+                return
+            if outcome is _SUCCESS and not ticket.trial:
+                state = self._keys.get(plan.breaker_key)
+                if isinstance(state, BreakerState):
+                    self.succeed(state)
+                    return
         now = self.clock()
         transition = None
         lock = self._lock

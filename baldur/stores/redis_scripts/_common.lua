@@ -33,7 +33,8 @@ local function gcra(key, now, interval, tolerance)
   local new_tat = base + interval
   local allow_at = new_tat - tolerance - interval
   -- The float slack of policies/rate_limit.py: a TAT built by adding intervals drifts by a few ulps.
-  local eps = math.min(0.5 * interval, 1e-10 * math.max(1.0, math.abs(new_tat)))
+  local _, exponent = math.frexp(new_tat)
+  local eps = math.min(0.5 * interval, 4 * (tolerance / interval + 1) * math.ldexp(1.0, exponent - 53))
   if allow_at - now > eps then
     return 0, remaining_units(tolerance - (base - now), interval, eps), allow_at - now, allow_at - now, base - now
   end
