@@ -29,7 +29,7 @@ from baldur import _runtime
 from baldur.errors import CallTimeout, ConfigError, Rejected
 from baldur.policies.breaker import Breaker, BreakerState, Outcome, State
 from baldur.policies.concurrency import check_limit
-from baldur.policies.rate_limit import RateLimit
+from baldur.policies.rate_limit import RateDecision, RateLimit
 from baldur.policies.retry import Retry, next_delay
 from baldur.stores._types import Plan, Ticket
 
@@ -55,16 +55,48 @@ web_hooks_installed = False
 
 
 class WebCall:
-    """A request whose view a web adapter already admitted; the view reports how it ended."""
+    """A web request in progress, opened by a web adapter around the app.
 
-    __slots__ = ("entered", "error", "outcome", "protection")
+    When the request's view is a protected callable, its wrapper *claims* the
+    request: it admits the call with the client's key (a refusal becomes the
+    adapter's HTTP answer before the view's body runs), keeps the ticket here
+    and reports how the call ended; the adapter records the outcome once the
+    response is sent, when it knows the status. Adapters subclass this and
+    answer ``is_view`` and ``client_key``.
+    """
 
-    def __init__(self, protection: Protection) -> None:
-        self.protection = protection
+    __slots__ = ("entered", "error", "outcome", "policies", "protection", "rejected", "ticket")
+
+    def __init__(self) -> None:
         self.entered = False
+        self.protection: Protection | None = None
+        self.ticket: Ticket | None = None
         #: Set by the view's wrapper when the call raised (before any fallback), or was slow.
         self.outcome: Outcome | None = None
         self.error: BaseException | None = None
+        #: The answer is Baldur's own refusal: not an outcome of the view.
+        self.rejected = False
+        #: (policy name, limit, decision) of each rate limit applied, for the headers.
+        self.policies: list[tuple[str, RateLimit, RateDecision]] = []
+
+    def is_view(self, protection: Protection) -> bool:
+        """This protection guards the view that serves the request."""
+        raise NotImplementedError
+
+    def client_key(self) -> str:
+        """The client's key for per-client limits."""
+        raise NotImplementedError
+
+    def claim(self, protection: Protection, plan: Plan) -> str | None:
+        """Take the request for this view; return the client key its admission needs."""
+        self.entered = True
+        self.protection = protection
+        return self.client_key() if plan.rate_limit is not None else None
+
+    def admitted(self, ticket: Ticket, plan: Plan) -> None:
+        self.ticket = ticket
+        if ticket.rate is not None and plan.rate_limit is not None:
+            self.policies.append((plan.name, plan.rate_limit, ticket.rate))
 
 
 web_call: ContextVar[WebCall | None] = ContextVar("baldur_web_call", default=None)
@@ -235,8 +267,15 @@ def _sync_wrapper(func: Callable[..., Any], protection: Protection) -> Callable[
         runtime = _runtime._current or _runtime.current()
         plan = protection.plan(runtime)
         web = web_call.get()
-        if web is not None and web.protection is protection and not web.entered:
-            web.entered = True
+        if web is not None and not web.entered and web.is_view(protection):
+            client = web.claim(protection, plan)
+            try:
+                web.admitted(runtime.sync.admit(plan, client), plan)
+            except Rejected as exc:
+                web.rejected = True
+                if fallback is None:
+                    raise
+                return fallback(exc)
             return _sync_reported(inner, protection, plan, web, args, kwargs)
         store = runtime.sync
         try:
@@ -343,8 +382,15 @@ def _async_wrapper(func: Callable[..., Awaitable[Any]], protection: Protection) 
         runtime = _runtime._current or _runtime.current()
         plan = protection.plan(runtime)
         web = web_call.get()
-        if web is not None and web.protection is protection and not web.entered:
-            web.entered = True
+        if web is not None and not web.entered and web.is_view(protection):
+            client = web.claim(protection, plan)
+            try:
+                web.admitted(await runtime.async_.admit(plan, client), plan)
+            except Rejected as exc:
+                web.rejected = True
+                if fallback is None:
+                    raise
+                return await fallback(exc)
             return await _async_reported(inner, protection, plan, web, args, kwargs)
         store = runtime.async_
         try:

@@ -1,12 +1,15 @@
-"""Flask glue: ``init_flask(app)`` installs Baldur's request hooks.
+"""Flask glue: ``init_flask(app)`` wraps the app in Baldur's WSGI layer.
 
-Before the view: load shedding (per-process in-flight ceiling, queue time
-from ``X-Request-Start``), the per-client rate limit, and the admission of a
-protected view (its per-client rate limit, concurrency and breaker
-pre-flight), so that a rejected request never reaches the view. After it:
-the outcome (an exception or a 5xx is a failure, a 4xx is not), the
-release of every slot, and the ``RateLimit`` headers. Every ``Rejected``
-becomes its HTTP answer (problem+json), never a 500.
+Before Flask does any work: load shedding (the per-process in-flight
+ceiling, queue time from ``X-Request-Start``). In the request: the
+per-client rate limit (a ``before_request`` hook, installed only when a
+limit is set) and, when the view is protected, its admission (per-client
+rate limit, concurrency, breaker pre-flight), made by the view's own wrapper
+before the view's body runs, so that a refused request never reaches it.
+When the response has been sent: the outcome (an exception or a 5xx is a
+failure, a 4xx is not), the release of every slot. Every ``Rejected``
+becomes its HTTP answer (problem+json) with the ``RateLimit`` headers,
+never a 500.
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ from baldur.errors import (
 from baldur.policies.breaker import Outcome
 from baldur.policies.concurrency import SHED_RETRY_AFTER, admits
 from baldur.policies.rate_limit import RateDecision, RateLimit
-from baldur.stores._types import Ticket
 
 __all__ = ["init_flask"]
 
@@ -67,22 +69,30 @@ class _InFlight:
             self.count -= 1
 
 
-class _Request:
-    """What the hooks remember about one request (kept on ``flask.g``)."""
+class _Request(WebCall):
+    """One request through the app: what the WSGI layer and the hooks remember."""
 
-    __slots__ = ("client", "in_flight", "policies", "rejected", "settled", "status", "ticket", "token", "web")
+    __slots__ = ("app", "client", "in_flight", "options", "settled", "status", "token")
 
-    def __init__(self) -> None:
+    def __init__(self, app: Flask, options: _Options) -> None:
+        super().__init__()
+        self.app = app
+        self.options = options
         self.in_flight = False
         self.client = ""
-        self.ticket: Ticket | None = None
-        self.web: WebCall | None = None
         self.token: Token[WebCall | None] | None = None
         self.status = 0
         self.settled = False
-        #: The answer is Baldur's own rejection: not an outcome of the view.
-        self.rejected = False
-        self.policies: list[tuple[str, RateLimit, RateDecision]] = []
+
+    def is_view(self, protection: Protection) -> bool:
+        endpoint = request.endpoint
+        view = self.app.view_functions.get(endpoint) if endpoint is not None else None
+        return getattr(view, "__baldur__", None) is protection
+
+    def client_key(self) -> str:
+        if not self.client:
+            self.client = _client_key(request._get_current_object(), self.options)  # type: ignore[attr-defined]
+        return self.client
 
 
 class _Options:
@@ -107,7 +117,7 @@ class _Options:
         if self.idempotency == "required":
             raise ConfigError("init_flask(idempotency=...)", "required", 'idempotency="optional"',
                               "Idempotency-Key handling is not in this version yet")
-        max_queue = settings.max_queue_ms
+        max_queue: float | None = pick("max_queue_ms", None, settings.max_queue_ms)
         self.max_queue = None if max_queue is None else max_queue / 1000.0
         if key_func is not None and not callable(key_func):
             raise ConfigError("init_flask(key_func=...)", key_func,
@@ -140,8 +150,9 @@ def init_flask(
     options = _Options(app, runtime, rate_limit, max_concurrency, key_func, trust_proxy, idempotency)
     app.extensions[_EXTENSION] = options
     _pipeline.web_hooks_installed = True
-    app.wsgi_app = _Middleware(app.wsgi_app, options)  # type: ignore[method-assign]
-    app.before_request(lambda: _admit(app, options))
+    app.wsgi_app = _Middleware(app, app.wsgi_app, options)  # type: ignore[method-assign]
+    if options.rate_limit is not None:
+        app.before_request(lambda: _limit_client(options))
     for error in (Rejected, CallTimeout, StoreUnavailable, IdempotencyMismatch):
         app.register_error_handler(error, _answer_error)
     return runtime
@@ -153,25 +164,27 @@ class _Middleware:
     release, headers.
     """
 
-    def __init__(self, wsgi_app: Callable[..., Iterable[bytes]], options: _Options) -> None:
+    def __init__(self, app: Flask, wsgi_app: Callable[..., Iterable[bytes]], options: _Options) -> None:
+        self.app = app
         self.wsgi_app = wsgi_app
         self.options = options
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         options = self.options
-        state = _Request()
-        environ[_STATE] = state
         if options.max_queue is not None:
             started = environ.get("HTTP_X_REQUEST_START")
             waited = None if started is None else queue_seconds(started, time.time())
             if waited is not None and waited > options.max_queue:
                 _log.emit("backpressure.shed", "queue", waited_ms=round(waited * 1000))
                 return _shed(environ, start_response)
+        state = _Request(self.app, options)
         if options.max_concurrency is not None:
             if not options.in_flight.enter():
                 _log.emit("backpressure.shed", "in_flight", limit=options.max_concurrency)
                 return _shed(environ, start_response)
             state.in_flight = True
+        environ[_STATE] = state
+        state.token = web_call.set(state)
 
         def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             state.status = int(status[:3])
@@ -185,6 +198,11 @@ class _Middleware:
             state.status = 500
             _settle(state, options)
             raise
+        file_wrapper = environ.get("wsgi.file_wrapper")
+        if isinstance(file_wrapper, type) and isinstance(body, file_wrapper):
+            # A file (send_file): the view is done; keep the server's zero-copy path.
+            _settle(state, options)
+            return body
         return _Settling(body, state, options)
 
 
@@ -229,7 +247,7 @@ def _settle(state: _Request, options: _Options) -> None:
         return
     state.settled = True
     try:
-        if state.ticket is not None and state.web is not None:
+        if state.ticket is not None:
             runtime = _runtime._current or _runtime.current()
             runtime.sync.finish(state.ticket, _outcome(state))
     finally:
@@ -271,64 +289,33 @@ def _client_key(req: Request, options: _Options) -> str:
     return client_address(req.remote_addr, req.environ.get("HTTP_X_FORWARDED_FOR"), options.trust_proxy)
 
 
-def _admit(app: Flask, options: _Options) -> Any:
-    """before_request: the per-client rate limit, then the protected view's admission.
-
-    A view refused by its own protection answers with its ``fallback`` when it has one
-    (as a protected function does), else with the refusal's HTTP answer.
-    """
+def _limit_client(options: _Options) -> Response | None:
+    """before_request: the per-client rate limit of every request."""
     req: Request = request._get_current_object()  # type: ignore[attr-defined]
     state: _Request | None = req.environ.get(_STATE)
-    if state is None:  # the middleware was bypassed (app.wsgi_app replaced after init_flask)
-        return None
-    endpoint = req.endpoint
-    protection: Protection | None = None
-    if endpoint is not None:
-        protection = getattr(app.view_functions.get(endpoint), "__baldur__", None)
-    if options.rate_limit is None and protection is None:
+    if state is None or options.rate_limit is None:  # the WSGI layer was bypassed
         return None
     runtime = _runtime._current or _runtime.current()
-    if options.rate_limit is not None:
-        state.client = _client_key(req, options)
-        decision = runtime.sync.rate(f"web:{state.client}", options.rate_limit)
-        state.policies.append(("default", options.rate_limit, decision))
-        if not decision.allowed:
-            return _answer_error(RateLimited("default", decision.retry_after))
-    if protection is not None:
-        plan = protection.plan(runtime)
-        if plan.rate_limit is not None and not state.client:
-            state.client = _client_key(req, options)
-        try:
-            state.ticket = runtime.sync.admit(plan, state.client or None)
-        except Rejected as exc:
-            if protection.fallback is not None:
-                state.rejected = True
-                return app.ensure_sync(protection.fallback)(exc)
-            return _answer_error(exc)
-        if state.ticket.rate is not None and plan.rate_limit is not None:
-            state.policies.append((protection.name, plan.rate_limit, state.ticket.rate))
-        state.web = WebCall(protection)
-        state.token = web_call.set(state.web)
+    decision = runtime.sync.rate(f"web:{state.client_key()}", options.rate_limit)
+    state.policies.append(("default", options.rate_limit, decision))
+    if not decision.allowed:
+        return _answer_error(RateLimited("default", decision.retry_after))
     return None
 
 
 def _outcome(state: _Request) -> Outcome:
     """How the view's call ends for its breaker: an exception or a 5xx fails, a 4xx does not."""
-    web = state.web
-    assert web is not None
-    if state.rejected or not web.entered:
-        # Baldur refused, or the view never ran (OPTIONS, a later before_request
-        # answered): nothing to learn about the view's health.
-        return Outcome.IGNORED
-    error = web.error
+    if state.rejected:
+        return Outcome.IGNORED  # Baldur refused a call inside the view (a fallback answered)
+    error = state.error
     if isinstance(error, Rejected):
         return Outcome.IGNORED  # a protected call inside the view was refused (answered by a fallback)
     if isinstance(error, HTTPException):
         return Outcome.FAILURE if (error.code or 500) >= 500 else Outcome.SUCCESS
-    if web.outcome is Outcome.IGNORED:
+    if state.outcome is Outcome.IGNORED:
         return Outcome.IGNORED  # an exception the breaker was told to ignore
     if state.status >= 500:
         return Outcome.FAILURE
-    if web.outcome is Outcome.FAILURE and state.status < 400:
+    if state.outcome is Outcome.FAILURE and state.status < 400:
         return Outcome.FAILURE  # a fallback answered for a failed call, or a slow call
     return Outcome.SUCCESS
