@@ -97,7 +97,10 @@ def _rate(name: str, value: object, example: str) -> RateLimit:
         return value
     if value is None:
         return RateLimit("off")
-    return RateLimit(value, setting=name)  # type: ignore[arg-type]
+    try:
+        return RateLimit(value, setting=name)  # type: ignore[arg-type]
+    except ConfigError as exc:
+        raise ConfigError(name, value, example, exc.reason) from None
 
 
 def _concurrency(name: str, value: object, example: str) -> int | None:

@@ -37,6 +37,7 @@ class ConfigError(BaldurError, ValueError):
         self.setting = setting
         self.value = value
         self.example = example
+        self.reason = reason
         why = f" ({reason})" if reason else ""
         super().__init__(f"{setting}={value!r} is not valid{why}; for example: {example}")
 

@@ -118,6 +118,7 @@ class RedisStore:
         self._pending: dict[str, list[Any]] = {}  # breaker key → [plan, successes, first deferred at]
         self._flusher = False
         self._prober = False
+        self._probe_task: asyncio.Task[None] | None = None
         self._lease_ids = itertools.count()
         self._token = secrets.token_hex(4)
         _stores.add(self)
@@ -370,7 +371,17 @@ class RedisStore:
                 "use this process's memory until it answers again", self.redacted_url, reason,
                 extra={"baldur": {"event": "store.degraded", "url": self.redacted_url, "reason": reason}})
         if start_probe:
-            background.portal().start_task_soon(self._probe_until_up)
+            try:
+                loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None and loop is background.loop:
+                # Found down on the background loop itself (a flush, a hopped call): its
+                # portal refuses calls from its own thread, and without a probe we would
+                # stay on memory for good.
+                self._probe_task = loop.create_task(self._probe_until_up())
+            else:
+                background.portal().start_task_soon(self._probe_until_up)
 
     async def _probe_until_up(self) -> None:
         try:
@@ -381,13 +392,17 @@ class RedisStore:
                         await self._client().ping()
                 except (RedisError, OSError, TimeoutError):
                     continue
-                self.down = False
+                with self._lock:
+                    # Both at once: a failure noticed right after this starts a new probe.
+                    self.down = self._prober = False
                 _log_store.warning(
                     "store.recovered: Redis at %s answers again; shared state resumes", self.redacted_url,
                     extra={"baldur": {"event": "store.recovered", "url": self.redacted_url}})
                 return
-        finally:
-            self._prober = False
+        except BaseException:
+            with self._lock:
+                self._prober = False
+            raise
 
     async def _flush_forever(self) -> None:
         try:

@@ -156,7 +156,7 @@ local function br_record(key, s, now, o, outcome, trial, count)
     if o.consecutive > 0 and s.cf >= o.consecutive then return br_open(key, s, now) end
     if o.failure_rate >= 0 then
       local calls, failures = win_totals(key, now, o.width)
-      if calls >= o.min_calls and failures >= o.failure_rate * calls then return br_open(key, s, now) end
+      if calls >= o.min_calls and failures / calls >= o.failure_rate then return br_open(key, s, now) end
     end
     return ''
   end
