@@ -65,19 +65,21 @@ class WebCall:
     answer ``is_view`` and ``client_key``.
     """
 
-    __slots__ = ("entered", "error", "outcome", "policies", "protection", "rejected", "ticket")
+    # Class-level defaults rather than __init__: most requests never set most of them,
+    # and this object is made for every request.
+    entered = False
+    protection: Protection | None = None
+    ticket: Ticket | None = None
+    #: Set by the view's wrapper when the call raised (before any fallback), or was slow.
+    outcome: Outcome | None = None
+    error: BaseException | None = None
+    #: The answer is Baldur's own refusal: not an outcome of the view.
+    rejected = False
+    #: (policy name, limit, decision) of each rate limit applied, for the headers.
+    policies: tuple[tuple[str, RateLimit, RateDecision], ...] = ()
 
-    def __init__(self) -> None:
-        self.entered = False
-        self.protection: Protection | None = None
-        self.ticket: Ticket | None = None
-        #: Set by the view's wrapper when the call raised (before any fallback), or was slow.
-        self.outcome: Outcome | None = None
-        self.error: BaseException | None = None
-        #: The answer is Baldur's own refusal: not an outcome of the view.
-        self.rejected = False
-        #: (policy name, limit, decision) of each rate limit applied, for the headers.
-        self.policies: list[tuple[str, RateLimit, RateDecision]] = []
+    def add_policy(self, name: str, limit: RateLimit, decision: RateDecision) -> None:
+        self.policies = (*self.policies, (name, limit, decision))
 
     def is_view(self, protection: Protection) -> bool:
         """This protection guards the view that serves the request."""
@@ -96,7 +98,10 @@ class WebCall:
     def admitted(self, ticket: Ticket, plan: Plan) -> None:
         self.ticket = ticket
         if ticket.rate is not None and plan.rate_limit is not None:
-            self.policies.append((plan.name, plan.rate_limit, ticket.rate))
+            self.add_policy(plan.name, plan.rate_limit, ticket.rate)
+
+    def returned(self, result: Any) -> None:
+        """The view returned ``result`` (adapters look at it, e.g. for a streamed body)."""
 
 
 web_call: ContextVar[WebCall | None] = ContextVar("baldur_web_call", default=None)
@@ -320,6 +325,7 @@ def _sync_reported(inner: Callable[..., Any], protection: Protection, plan: Plan
         return protection.fallback(exc)  # type: ignore[arg-type]
     if slow is not None:
         web.outcome = _timed_outcome(started, slow)
+    web.returned(result)
     return result
 
 
@@ -431,6 +437,7 @@ async def _async_reported(inner: Callable[..., Awaitable[Any]], protection: Prot
         return await protection.fallback(exc)  # type: ignore[arg-type]
     if slow is not None:
         web.outcome = _timed_outcome(started, slow)
+    web.returned(result)
     return result
 
 

@@ -14,6 +14,7 @@ never a 500.
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -72,17 +73,24 @@ class _InFlight:
 class _Request(WebCall):
     """One request through the app: what the WSGI layer and the hooks remember."""
 
-    __slots__ = ("app", "client", "in_flight", "options", "settled", "status", "token")
+    in_flight = False
+    client = ""
+    token: Token[WebCall | None] | None = None
+    status = 0
+    settled = False
+    #: The view's body is produced while it is sent (a generator): settle after sending.
+    streamed = False
 
     def __init__(self, app: Flask, options: _Options) -> None:
-        super().__init__()
         self.app = app
         self.options = options
-        self.in_flight = False
-        self.client = ""
-        self.token: Token[WebCall | None] | None = None
-        self.status = 0
-        self.settled = False
+
+    def returned(self, result: Any) -> None:
+        response = result[0] if type(result) is tuple and result else result
+        if isinstance(response, Response):
+            self.streamed = response.is_streamed
+        else:
+            self.streamed = isinstance(response, Iterator) or inspect.isasyncgen(response)
 
     def is_view(self, protection: Protection) -> bool:
         endpoint = request.endpoint
@@ -198,9 +206,9 @@ class _Middleware:
             state.status = 500
             _settle(state, options)
             raise
-        file_wrapper = environ.get("wsgi.file_wrapper")
-        if isinstance(file_wrapper, type) and isinstance(body, file_wrapper):
-            # A file (send_file): the view is done; keep the server's zero-copy path.
+        if state.status and not state.streamed and (state.ticket is not None or not state.in_flight):
+            # The view is done and the status known (a buffered body, a file): settle now,
+            # and hand the body on untouched (a file keeps the server's zero-copy path).
             _settle(state, options)
             return body
         return _Settling(body, state, options)
@@ -268,13 +276,13 @@ def _respond(answer: tuple[int, dict[str, str], bytes]) -> Response:
 def _answer_error(exc: BaldurError) -> Response:
     req = request._get_current_object()  # type: ignore[attr-defined]
     state: _Request | None = req.environ.get(_STATE)
-    policies: list[tuple[str, RateLimit, RateDecision]] = []
+    policies: tuple[tuple[str, RateLimit, RateDecision], ...] = ()
     if state is not None:
         # Baldur's own refusals are not outcomes of the view; a timeout is.
         state.rejected = isinstance(exc, Rejected)
         policies = state.policies
     if isinstance(exc, RateLimited) and exc.limit is not None and exc.decision is not None:
-        policies = [*policies, (exc.name, exc.limit, exc.decision)]
+        policies = (*policies, (exc.name, exc.limit, exc.decision))
     # Only the policy that refused is violated; the others are listed in the headers.
     response = _respond(problem(exc, req.path))
     response.headers.update(ratelimit_headers(policies))
@@ -297,7 +305,7 @@ def _limit_client(options: _Options) -> Response | None:
         return None
     runtime = _runtime._current or _runtime.current()
     decision = runtime.sync.rate(f"web:{state.client_key()}", options.rate_limit)
-    state.policies.append(("default", options.rate_limit, decision))
+    state.add_policy("default", options.rate_limit, decision)
     if not decision.allowed:
         return _answer_error(RateLimited("default", decision.retry_after))
     return None
