@@ -43,7 +43,7 @@ import sniffio
 
 from baldur import _log
 from baldur.bridges import background, is_home_loop, run_sync
-from baldur.errors import CircuitOpen, ConfigError, Overloaded, RateLimited
+from baldur.errors import CircuitOpen, ConfigError, Overloaded, RateLimited, StoreUnavailable
 from baldur.policies.breaker import Breaker, Outcome, State
 from baldur.policies.concurrency import SHED_RETRY_AFTER
 from baldur.policies.rate_limit import RateDecision, RateLimit
@@ -223,7 +223,12 @@ class RedisStore:
 
     async def force_breaker(self, name: str, options: Breaker, state: State) -> None:
         self.local.force_breaker(name, options, state)
-        await self._run("breaker_state", [self._key(name, "b")], [str(state), FORCED_TTL_SECONDS])
+        try:
+            await self._run("breaker_state", [self._key(name, "b")], [str(state), FORCED_TTL_SECONDS])
+        except _RedisDown as exc:
+            raise StoreUnavailable(
+                f"cannot force breaker {name!r} to {state} for every worker: Redis at {self.redacted_url} "
+                f"is unavailable ({self.down_reason}); this process uses {state} meanwhile") from exc
         if state is State.CLOSED:
             _log.emit("circuit.closed", name, forced=True)
 
