@@ -167,6 +167,8 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("max_queue_ms", 10000.0, _number(0, low_open=True, optional=True), "BALDUR_MAX_QUEUE_MS=10000"),
     _Field("idempotency", "optional", _text(("optional", "required", "off")), "BALDUR_IDEMPOTENCY=optional"),
     _Field("idempotency_ttl", 86400.0, _number(0, low_open=True), "BALDUR_IDEMPOTENCY_TTL=86400"),
+    _Field("idempotency_fail_open", False, _flag, "BALDUR_IDEMPOTENCY_FAIL_OPEN=0"),
+    _Field("idempotency_max_bytes", 1_048_576, _number(0, integer=True), "BALDUR_IDEMPOTENCY_MAX_BYTES=1048576"),
     _Field("key_prefix", "baldur", _key_prefix, "BALDUR_KEY_PREFIX=baldur"),
     _Field("redis_timeout_ms", 100.0, _number(0, low_open=True), "BALDUR_REDIS_TIMEOUT_MS=100"),
     _Field("memory_max_keys", 100_000, _number(1, integer=True), "BALDUR_MEMORY_MAX_KEYS=100000"),
@@ -196,6 +198,10 @@ class Settings:
     max_queue_ms: float | None
     idempotency: str
     idempotency_ttl: float
+    #: Run without the exactly-once guarantee while the store is unavailable (logged), instead of 503.
+    idempotency_fail_open: bool
+    #: Responses larger than this are not stored for replay.
+    idempotency_max_bytes: int
     key_prefix: str
     redis_timeout_ms: float
     memory_max_keys: int

@@ -25,7 +25,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 import anyio
 
-from baldur import _runtime
+from baldur import _idempotency, _runtime
 from baldur.errors import CallTimeout, ConfigError, Rejected
 from baldur.policies.breaker import Breaker, BreakerState, Outcome, State
 from baldur.policies.concurrency import check_limit
@@ -216,6 +216,7 @@ def protected(
     timeout: float | None = None,
     retry: Retry | None = None,
     fallback: Callable[[Exception], Any] | None = None,
+    idempotency_key: str | Callable[..., Any] | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Run a sync or async callable (or a Flask view) through Baldur's pipeline.
 
@@ -225,27 +226,76 @@ def protected(
     view. ``max_concurrency`` caps calls in flight. ``timeout`` (seconds)
     raises ``CallTimeout``. ``retry`` retries failures with backoff.
     ``fallback(exc)`` supplies the result after a rejection or a failure.
+    ``idempotency_key`` (an argument's name, or a callable over the
+    arguments) makes the call exactly-once per key: a repeat of a completed
+    call returns the stored (JSON) result, a repeat of a running one raises
+    ``IdempotencyConflict``.
     """
     protection = Protection(name, breaker, rate_limit, max_concurrency, timeout, retry, fallback)
+    if idempotency_key is not None and not (isinstance(idempotency_key, str) or callable(idempotency_key)):
+        raise ConfigError(f"protected({name!r}, idempotency_key=...)", idempotency_key,
+                          'idempotency_key="order_id"', "an argument's name or a callable over the arguments")
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
         if not callable(func):
             raise TypeError(f"baldur.protected({name!r}) decorates a callable, not {type(func).__name__}")
+        key_of = None if idempotency_key is None else _key_function(name, func, idempotency_key)
+        wrapper: Callable[..., Any]
         if _is_async(func):
             if fallback is not None and not _is_async(fallback):
                 raise ConfigError(f"protected({name!r}, fallback=...)", fallback, "async def fallback(exc): ...",
                                   "an async callable needs a coroutine function as fallback")
+            if fallback is not None:
+                protection.fallback = _marked_async(fallback)
             wrapper = _async_wrapper(cast(Callable[..., Awaitable[Any]], func), protection)
+            if key_of is not None:
+                wrapper = _idempotency.idempotent_async(wrapper, name, key_of)
         else:
             if fallback is not None and _is_async(fallback):
                 raise ConfigError(f"protected({name!r}, fallback=...)", fallback, "def fallback(exc): ...",
                                   "a sync callable needs a plain function as fallback")
+            if fallback is not None:
+                protection.fallback = _marked_sync(fallback)
             wrapper = _sync_wrapper(func, protection)
+            if key_of is not None:
+                wrapper = _idempotency.idempotent_sync(wrapper, name, key_of)
         functools.update_wrapper(wrapper, func)
-        wrapper.__baldur__ = protection  # type: ignore[attr-defined]
+        wrapper.__baldur__ = protection  # type: ignore[union-attr]
         return cast(Callable[P, R], wrapper)
 
     return decorate
+
+
+def _key_function(name: str, func: Callable[..., Any], spec: str | Callable[..., Any]) -> Callable[..., str]:
+    """``idempotency_key`` as a function of the call's arguments, checked at decoration."""
+    if callable(spec):
+        return lambda *args, **kwargs: str(spec(*args, **kwargs))
+    signature = inspect.signature(func)
+    if spec not in signature.parameters:
+        raise ConfigError(f"protected({name!r}, idempotency_key=...)", spec,
+                          f"idempotency_key={next(iter(signature.parameters), 'order_id')!r}",
+                          f"{func.__name__}() has no argument of that name")
+
+    def key_of(*args: Any, **kwargs: Any) -> str:
+        return str(signature.bind(*args, **kwargs).arguments[spec])
+
+    return key_of
+
+
+def _marked_sync(fallback: Callable[[Exception], Any]) -> Callable[[Exception], Any]:
+    def answer(exc: Exception) -> Any:
+        _idempotency.fell_back.set(True)  # a fallback's answer is never stored for replay
+        return fallback(exc)
+
+    return answer
+
+
+def _marked_async(fallback: Callable[[Exception], Any]) -> Callable[[Exception], Any]:
+    async def answer(exc: Exception) -> Any:
+        _idempotency.fell_back.set(True)
+        return await fallback(exc)
+
+    return answer
 
 
 # -- sync ------------------------------------------------------------------

@@ -26,8 +26,11 @@ from baldur.errors import (
 from baldur.policies.rate_limit import RateDecision, RateLimit
 
 __all__ = [
+    "MAX_IDEMPOTENCY_KEY",
     "PROBLEM_JSON",
+    "bad_request",
     "client_address",
+    "parse_idempotency_key",
     "problem",
     "queue_seconds",
     "ratelimit_headers",
@@ -171,3 +174,55 @@ def queue_seconds(header: str | None, now: float) -> float | None:
     if waited < 0 or waited > _PLAUSIBLE_QUEUE_SECONDS:
         return None
     return waited
+
+
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def parse_idempotency_key(values: list[str]) -> str:
+    """The key of the ``Idempotency-Key`` field(s), or ``ValueError`` saying what is wrong.
+
+    The draft makes it a Structured Field String (``"8e03978e-…"``); a bare
+    token is accepted too. 1–255 printable ASCII characters; the field sent
+    twice with different values, or a list of keys, is an error.
+    """
+    if len(set(values)) > 1:
+        raise ValueError("the Idempotency-Key header is repeated with different values")
+    raw = values[0].strip(" \t")
+    if raw.startswith('"'):
+        key, rest = _sf_string_value(raw)
+        if rest.strip(" \t"):
+            raise ValueError("the Idempotency-Key must be one string, not a list or a string with parameters")
+    else:
+        key = raw
+        if "," in key:
+            raise ValueError("the Idempotency-Key must be one key, not a list")
+        if any(not ("!" <= ch <= "~") or ch == '"' for ch in key):
+            raise ValueError("an unquoted Idempotency-Key may hold printable ASCII characters only, "
+                             "without spaces or quotes; quote it as a string otherwise")
+    if not key:
+        raise ValueError("the Idempotency-Key is empty")
+    if len(key) > MAX_IDEMPOTENCY_KEY:
+        raise ValueError(f"the Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY} characters")
+    return key
+
+
+def _sf_string_value(raw: str) -> tuple[str, str]:
+    """Parse a Structured Field String at the start of ``raw``: (its value, what follows)."""
+    out = []
+    i = 1
+    while i < len(raw):
+        ch = raw[i]
+        if ch == "\\":
+            if i + 1 >= len(raw) or raw[i + 1] not in '"\\':
+                raise ValueError('a string Idempotency-Key may escape only \\" and \\\\')
+            out.append(raw[i + 1])
+            i += 2
+            continue
+        if ch == '"':
+            return "".join(out), raw[i + 1:]
+        if not (" " <= ch <= "~"):
+            raise ValueError("the Idempotency-Key may hold printable ASCII characters only")
+        out.append(ch)
+        i += 1
+    raise ValueError("the Idempotency-Key string is not terminated (a closing quote is missing)")

@@ -14,7 +14,10 @@ never a 500.
 
 from __future__ import annotations
 
+import base64
 import inspect
+import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -26,8 +29,16 @@ from werkzeug.exceptions import HTTPException
 
 from baldur import _log, _pipeline, _runtime
 from baldur._config import _parse_one
+from baldur._idempotency import Claim, begin, fingerprint
 from baldur._pipeline import Protection, WebCall, web_call
-from baldur.adapters._http import client_address, problem, queue_seconds, ratelimit_headers
+from baldur.adapters._http import (
+    bad_request,
+    client_address,
+    parse_idempotency_key,
+    problem,
+    queue_seconds,
+    ratelimit_headers,
+)
 from baldur.errors import (
     BaldurError,
     CallTimeout,
@@ -40,6 +51,7 @@ from baldur.errors import (
 )
 from baldur.policies.breaker import Outcome
 from baldur.policies.concurrency import SHED_RETRY_AFTER, admits
+from baldur.policies.idempotency import Verdict
 from baldur.policies.rate_limit import RateDecision, RateLimit
 
 __all__ = ["init_flask"]
@@ -48,6 +60,7 @@ _EXTENSION = "baldur"
 #: Where the hooks keep their per-request state (in the WSGI environ: cheaper than flask.g).
 _STATE = "baldur.request"
 _UNSET: Any = object()
+_logger = logging.getLogger("baldur.idempotency")
 
 
 class _InFlight:
@@ -75,6 +88,8 @@ class _Request(WebCall):
 
     in_flight = False
     client = ""
+    #: The Idempotency-Key this request claimed, until its response is stored (or not).
+    idempotency_claim: Claim | None = None
     token: Token[WebCall | None] | None = None
     status = 0
     settled = False
@@ -122,9 +137,7 @@ class _Options:
         self.max_concurrency: int | None = pick("max_concurrency", max_concurrency, settings.max_concurrency)
         self.trust_proxy: int = pick("trust_proxy", trust_proxy, settings.trust_proxy)
         self.idempotency: str = pick("idempotency", idempotency, settings.idempotency)
-        if self.idempotency == "required":
-            raise ConfigError("init_flask(idempotency=...)", "required", 'idempotency="optional"',
-                              "Idempotency-Key handling is not in this version yet")
+        self.idempotency_max_bytes = settings.idempotency_max_bytes
         max_queue: float | None = pick("max_queue_ms", None, settings.max_queue_ms)
         self.max_queue = None if max_queue is None else max_queue / 1000.0
         if key_func is not None and not callable(key_func):
@@ -159,6 +172,10 @@ def init_flask(
     app.extensions[_EXTENSION] = options
     _pipeline.web_hooks_installed = True
     app.wsgi_app = _Middleware(app, app.wsgi_app, options)  # type: ignore[method-assign]
+    # Outermost first: idempotency, then the per-client rate limit (then the view's own admission).
+    if options.idempotency != "off":
+        app.before_request(lambda: _idempotency_begin(options))
+        app.after_request(lambda response: _idempotency_complete(options, response))
     if options.rate_limit is not None:
         app.before_request(lambda: _limit_client(options))
     for error in (Rejected, CallTimeout, StoreUnavailable, IdempotencyMismatch):
@@ -254,6 +271,9 @@ def _settle(state: _Request, options: _Options) -> None:
     if state.settled:
         return
     state.settled = True
+    if state.idempotency_claim is not None:  # the response was never stored (after_request did not run)
+        claim, state.idempotency_claim = state.idempotency_claim, None
+        claim.abort()
     try:
         if state.ticket is not None:
             runtime = _runtime._current or _runtime.current()
@@ -309,6 +329,68 @@ def _limit_client(options: _Options) -> Response | None:
     if not decision.allowed:
         return _answer_error(RateLimited("default", decision.retry_after))
     return None
+
+
+_IDEMPOTENT_METHODS = ("POST", "PATCH")
+#: Response headers never replayed: per-response, per-connection, or a credential.
+_UNSAFE_HEADERS = frozenset({"set-cookie", "date", "server", "content-length", "connection", "keep-alive",
+                             "transfer-encoding", "ratelimit", "ratelimit-policy"})
+
+
+def _idempotency_begin(options: _Options) -> Response | None:
+    """before_request: claim the request's Idempotency-Key, replay its stored response, or refuse."""
+    req: Request = request._get_current_object()  # type: ignore[attr-defined]
+    state: _Request | None = req.environ.get(_STATE)
+    if state is None or req.method not in _IDEMPOTENT_METHODS:
+        return None
+    values = req.headers.getlist("Idempotency-Key")
+    if not values:
+        if options.idempotency == "required":
+            return _respond(bad_request(f"{req.method} {req.path} requires an Idempotency-Key header", req.path))
+        return None
+    try:
+        key = parse_idempotency_key(values)
+    except ValueError as exc:
+        return _respond(bad_request(str(exc), req.path))
+    rule = req.url_rule.rule if req.url_rule is not None else req.path
+    scope = "http:" + fingerprint(state.client_key(), req.method, rule, key)
+    body_print = fingerprint(req.method, req.path, req.query_string, req.get_data(cache=True))
+    runtime = _runtime._current or _runtime.current()
+    try:
+        claim, start = begin(runtime, req.endpoint or rule, scope, body_print)
+    except (Rejected, IdempotencyMismatch, StoreUnavailable) as exc:
+        return _answer_error(exc)
+    if start.verdict is Verdict.REPLAY and start.result is not None:
+        state.rejected = True  # not an outcome of the view: it does not run
+        stored = json.loads(start.result)
+        replay = Response(base64.b64decode(stored["body"]), status=stored["status"], headers=stored["headers"])
+        replay.headers["Idempotent-Replayed"] = "true"
+        return replay
+    state.idempotency_claim = claim
+    return None
+
+
+def _idempotency_complete(options: _Options, response: Response) -> Response:
+    """after_request: store the response of a request that claimed an Idempotency-Key."""
+    state: _Request | None = request.environ.get(_STATE)
+    if state is None or state.idempotency_claim is None:
+        return response
+    claim, state.idempotency_claim = state.idempotency_claim, None
+    if state.rejected or response.is_streamed or response.direct_passthrough:
+        # Baldur refused it (try again with the same key), or the body is not in hand to store.
+        claim.abort()
+        return response
+    body = response.get_data()
+    if len(body) > options.idempotency_max_bytes:
+        _logger.warning("the response to %s %s (%d bytes) is larger than BALDUR_IDEMPOTENCY_MAX_BYTES=%d and "
+                        "is not stored for replay", request.method, request.path, len(body),
+                        options.idempotency_max_bytes)
+        claim.abort()
+        return response
+    headers = [[k, v] for k, v in response.headers.items() if k.lower() not in _UNSAFE_HEADERS]
+    claim.complete(json.dumps({"status": response.status_code, "headers": headers,
+                               "body": base64.b64encode(body).decode()}))
+    return response
 
 
 def _outcome(state: _Request) -> Outcome:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from baldur.bridges.loops import run_sync
 from baldur.policies.breaker import Breaker, BreakerState, Outcome, State
 from baldur.policies.rate_limit import RateDecision, RateLimit
-from baldur.stores._types import AsyncStore, Plan, SyncStore, Ticket
+from baldur.stores._types import AsyncStore, IdempotencyStart, Plan, SyncStore, Ticket
 
 __all__ = ["AsyncOverSync", "SyncOverAsync"]
 
@@ -38,6 +38,18 @@ class AsyncOverSync:
 
     async def force_breaker(self, name: str, options: Breaker, state: State) -> None:
         self.store.force_breaker(name, options, state)
+
+    async def idempotency_begin(self, key: str, fingerprint: str, token: str) -> IdempotencyStart:
+        return self.store.idempotency_begin(key, fingerprint, token)
+
+    async def idempotency_complete(self, key: str, token: str, result: str, ttl: float) -> bool:
+        return self.store.idempotency_complete(key, token, result, ttl)
+
+    async def idempotency_renew(self, key: str, token: str) -> bool:
+        return self.store.idempotency_renew(key, token)
+
+    async def idempotency_abort(self, key: str, token: str) -> None:
+        self.store.idempotency_abort(key, token)
 
     async def reset(self) -> None:
         self.store.reset()
@@ -73,6 +85,18 @@ class SyncOverAsync:
 
     def force_breaker(self, name: str, options: Breaker, state: State) -> None:
         run_sync(self.store.force_breaker, name, options, state)
+
+    def idempotency_begin(self, key: str, fingerprint: str, token: str) -> IdempotencyStart:
+        return run_sync(self.store.idempotency_begin, key, fingerprint, token)
+
+    def idempotency_complete(self, key: str, token: str, result: str, ttl: float) -> bool:
+        return run_sync(self.store.idempotency_complete, key, token, result, ttl)
+
+    def idempotency_renew(self, key: str, token: str) -> bool:
+        return run_sync(self.store.idempotency_renew, key, token)
+
+    def idempotency_abort(self, key: str, token: str) -> None:
+        run_sync(self.store.idempotency_abort, key, token)
 
     def reset(self) -> None:
         run_sync(self.store.reset)

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from baldur.policies.breaker import Breaker, BreakerState, Outcome, State
+from baldur.policies.idempotency import Verdict
 from baldur.policies.rate_limit import RateDecision, RateLimit
 
-__all__ = ["AsyncStore", "Plan", "SyncStore", "Ticket"]
+__all__ = ["AsyncStore", "IdempotencyStart", "Plan", "SyncStore", "Ticket"]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -61,6 +62,16 @@ class Ticket:
         self.local = False
 
 
+@dataclass(frozen=True, slots=True)
+class IdempotencyStart:
+    """Answer of ``idempotency_begin``: run (the caller holds the claim), replay ``result``,
+    conflict (``retry_after``) or mismatch."""
+
+    verdict: Verdict
+    result: str | None = None
+    retry_after: float = 0.0
+
+
 class SyncStore(Protocol):
     def fast_lane(self, plan: Plan) -> BreakerState | None:
         """A closed breaker's state the caller may use directly, or ``None`` (see MemoryStore)."""
@@ -81,6 +92,15 @@ class SyncStore(Protocol):
 
     def force_breaker(self, name: str, options: Breaker, state: State) -> None: ...
 
+    def idempotency_begin(self, key: str, fingerprint: str, token: str) -> IdempotencyStart:
+        """Claim ``key`` for the caller (``token``), or say why not; see ``policies.idempotency``."""
+
+    def idempotency_complete(self, key: str, token: str, result: str, ttl: float) -> bool: ...
+
+    def idempotency_renew(self, key: str, token: str) -> bool: ...
+
+    def idempotency_abort(self, key: str, token: str) -> None: ...
+
     def reset(self) -> None:
         """Forget all state (for tests)."""
 
@@ -100,6 +120,14 @@ class AsyncStore(Protocol):
     async def read_breaker(self, name: str, options: Breaker) -> State: ...
 
     async def force_breaker(self, name: str, options: Breaker, state: State) -> None: ...
+
+    async def idempotency_begin(self, key: str, fingerprint: str, token: str) -> IdempotencyStart: ...
+
+    async def idempotency_complete(self, key: str, token: str, result: str, ttl: float) -> bool: ...
+
+    async def idempotency_renew(self, key: str, token: str) -> bool: ...
+
+    async def idempotency_abort(self, key: str, token: str) -> None: ...
 
     async def reset(self) -> None: ...
 

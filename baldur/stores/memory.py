@@ -20,10 +20,12 @@ from collections.abc import Callable
 from baldur import _log
 from baldur.errors import CircuitOpen, Overloaded, RateLimited
 from baldur.policies import breaker as breaker_policy
+from baldur.policies import idempotency
 from baldur.policies.breaker import Breaker, BreakerState, Outcome, State
 from baldur.policies.concurrency import SHED_RETRY_AFTER, admits
+from baldur.policies.idempotency import IdempotencyRecord, Verdict
 from baldur.policies.rate_limit import RateDecision, RateLimit, gcra
-from baldur.stores._types import Plan, Ticket
+from baldur.stores._types import IdempotencyStart, Plan, Ticket
 
 __all__ = ["MemoryStore"]
 
@@ -170,6 +172,33 @@ class MemoryStore:
         if state is _CLOSED:
             _log.emit("circuit.closed", name, forced=True)
 
+    def idempotency_begin(self, key: str, fingerprint: str, token: str) -> IdempotencyStart:
+        now = self.clock()
+        with self._lock:
+            record = self._idempotency_record(key)
+            verdict, claim, retry_after = idempotency.begin(record, now, fingerprint, token,
+                                                            idempotency.LEASE_SECONDS)
+            if claim is not None:
+                self._put(f"i:{key}", claim)
+        result = record.result if verdict is Verdict.REPLAY and record is not None else None
+        return IdempotencyStart(verdict, result, retry_after)
+
+    def idempotency_complete(self, key: str, token: str, result: str, ttl: float) -> bool:
+        now = self.clock()
+        with self._lock:
+            return idempotency.complete(self._idempotency_record(key), now, token, result, ttl)
+
+    def idempotency_renew(self, key: str, token: str) -> bool:
+        now = self.clock()
+        with self._lock:
+            return idempotency.renew(self._idempotency_record(key), now, token, idempotency.LEASE_SECONDS)
+
+    def idempotency_abort(self, key: str, token: str) -> None:
+        now = self.clock()
+        with self._lock:
+            if idempotency.abort(self._idempotency_record(key), now, token):
+                del self._keys[f"i:{key}"]
+
     def reset(self) -> None:
         with self._lock:
             for value in self._keys.values():
@@ -196,6 +225,10 @@ class MemoryStore:
         else:
             self._keys.move_to_end(key)
         return state
+
+    def _idempotency_record(self, key: str) -> IdempotencyRecord | None:
+        record = self._keys.get(f"i:{key}")
+        return record if isinstance(record, IdempotencyRecord) else None
 
     def _get(self, key: str, default: object) -> object:
         value = self._keys.get(key, default)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import hashlib
 import itertools
 import logging
 import os
@@ -44,10 +45,12 @@ import sniffio
 from baldur import _log
 from baldur.bridges import background, is_home_loop, run_sync
 from baldur.errors import CircuitOpen, ConfigError, Overloaded, RateLimited, StoreUnavailable
+from baldur.policies import idempotency
 from baldur.policies.breaker import Breaker, Outcome, State
 from baldur.policies.concurrency import SHED_RETRY_AFTER
+from baldur.policies.idempotency import Verdict
 from baldur.policies.rate_limit import RateDecision, RateLimit
-from baldur.stores._types import Plan, Ticket
+from baldur.stores._types import IdempotencyStart, Plan, Ticket
 from baldur.stores.memory import MemoryStore
 
 try:
@@ -82,8 +85,6 @@ def _script(name: str) -> str:
 
 class _Script:
     def __init__(self, name: str) -> None:
-        import hashlib
-
         self.name = name
         self.text = _script(name)
         self.sha = hashlib.sha1(self.text.encode()).hexdigest()
@@ -111,7 +112,8 @@ class RedisStore:
         self.local = MemoryStore(max_keys=max_keys)
         self.down = False
         self.down_reason = ""
-        self._scripts = {name: _Script(name) for name in ("admit", "finish", "rate", "breaker_state")}
+        self._scripts = {name: _Script(name) for name in (
+            "admit", "finish", "rate", "breaker_state", "idempotency_begin", "idempotency_settle")}
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = (
             weakref.WeakKeyDictionary())
         self._lock = threading.Lock()
@@ -231,6 +233,37 @@ class RedisStore:
                 f"is unavailable ({self.down_reason}); this process uses {state} meanwhile") from exc
         if state is State.CLOSED:
             _log.emit("circuit.closed", name, forced=True)
+
+    # Idempotency fails closed: while Redis is down there is no shared truth to
+    # promise exactly-once on, so these raise StoreUnavailable (the caller decides).
+
+    async def idempotency_begin(self, key: str, fingerprint: str, token: str) -> IdempotencyStart:
+        verdict, result, retry_after = await self._idempotency(
+            "idempotency_begin", key, [fingerprint, token, idempotency.LEASE_SECONDS])
+        text = result.decode() if isinstance(result, bytes) else str(result)
+        return IdempotencyStart(Verdict(verdict.decode() if isinstance(verdict, bytes) else verdict),
+                                text or None, float(retry_after))
+
+    async def idempotency_complete(self, key: str, token: str, result: str, ttl: float) -> bool:
+        return bool(await self._idempotency("idempotency_settle", key, [token, "complete", result, repr(ttl)]))
+
+    async def idempotency_renew(self, key: str, token: str) -> bool:
+        return bool(await self._idempotency(
+            "idempotency_settle", key, [token, "renew", "", repr(idempotency.LEASE_SECONDS)]))
+
+    async def idempotency_abort(self, key: str, token: str) -> None:
+        await self._idempotency("idempotency_settle", key, [token, "abort", "", "0"])
+
+    async def _idempotency(self, script: str, key: str, args: list[Any]) -> Any:
+        if self.down:
+            raise StoreUnavailable(f"idempotency needs Redis at {self.redacted_url}, which is unavailable "
+                                   f"({self.down_reason})")
+        digest = hashlib.sha256(key.encode()).hexdigest()[:40]
+        try:
+            return await self._run(script, [self._key(f"i:{digest}", "i")], [self._now(), *args])
+        except _RedisDown as exc:
+            raise StoreUnavailable(f"idempotency needs Redis at {self.redacted_url}, which is unavailable "
+                                   f"({self.down_reason})") from exc
 
     async def reset(self) -> None:
         """Delete every key under the prefix (for tests) and forget local state."""
