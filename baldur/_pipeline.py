@@ -26,12 +26,12 @@ from typing import Any, ParamSpec, TypeVar, cast
 import anyio
 
 from baldur import _idempotency, _runtime
-from baldur.errors import CallTimeout, ConfigError, Rejected
+from baldur.errors import CallTimeout, ConfigError, RateLimited, Rejected
 from baldur.policies.breaker import Breaker, BreakerState, Outcome, State
 from baldur.policies.concurrency import check_limit
 from baldur.policies.rate_limit import RateDecision, RateLimit
 from baldur.policies.retry import Retry, next_delay
-from baldur.stores._types import Plan, Ticket
+from baldur.stores._types import ExtraLimit, Plan, Ticket
 
 __all__ = ["BreakerHandle", "Protection", "WebCall", "breaker", "guard", "protected", "web_call"]
 
@@ -77,6 +77,8 @@ class WebCall:
     rejected = False
     #: (policy name, limit, decision) of each rate limit applied, for the headers.
     policies: tuple[tuple[str, RateLimit, RateDecision], ...] = ()
+    #: The adapter's per-client limit, left to the view's admission (one store step, not two).
+    extra: ExtraLimit | None = None
 
     def add_policy(self, name: str, limit: RateLimit, decision: RateDecision) -> None:
         self.policies = (*self.policies, (name, limit, decision))
@@ -95,8 +97,20 @@ class WebCall:
         self.protection = protection
         return self.client_key() if plan.rate_limit is not None else None
 
+    def refused(self, exc: Rejected) -> bool:
+        """The view's admission was refused; ``True`` when the adapter's own limit refused it
+        (the adapter answers, not the view's fallback)."""
+        self.rejected = True
+        extra, self.extra = self.extra, None
+        if extra is not None and exc.extra_rate is not None:
+            self.add_policy(extra.policy, extra.limit, exc.extra_rate)
+        return extra is not None and isinstance(exc, RateLimited) and exc.limit is extra.limit
+
     def admitted(self, ticket: Ticket, plan: Plan) -> None:
         self.ticket = ticket
+        if ticket.extra_rate is not None and self.extra is not None:
+            self.add_policy(self.extra.policy, self.extra.limit, ticket.extra_rate)
+        self.extra = None
         if ticket.rate is not None and plan.rate_limit is not None:
             self.add_policy(plan.name, plan.rate_limit, ticket.rate)
 
@@ -325,10 +339,9 @@ def _sync_wrapper(func: Callable[..., Any], protection: Protection) -> Callable[
         if web is not None and not web.entered and web.is_view(protection):
             client = web.claim(protection, plan)
             try:
-                web.admitted(runtime.sync.admit(plan, client), plan)
+                web.admitted(runtime.sync.admit(plan, client, web.extra), plan)
             except Rejected as exc:
-                web.rejected = True
-                if fallback is None:
+                if web.refused(exc) or fallback is None:
                     raise
                 return fallback(exc)
             return _sync_reported(inner, protection, plan, web, args, kwargs)
@@ -441,10 +454,9 @@ def _async_wrapper(func: Callable[..., Awaitable[Any]], protection: Protection) 
         if web is not None and not web.entered and web.is_view(protection):
             client = web.claim(protection, plan)
             try:
-                web.admitted(await runtime.async_.admit(plan, client), plan)
+                web.admitted(await runtime.async_.admit(plan, client, web.extra), plan)
             except Rejected as exc:
-                web.rejected = True
-                if fallback is None:
+                if web.refused(exc) or fallback is None:
                     raise
                 return await fallback(exc)
             return await _async_reported(inner, protection, plan, web, args, kwargs)

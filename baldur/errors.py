@@ -51,6 +51,9 @@ class Rejected(BaldurError):
     def __init__(self, name: str, retry_after: float, detail: str | None = None) -> None:
         self.name = name
         self.retry_after = max(0.0, retry_after)
+        #: The decision of an extra limit admitted in the same step before this refusal
+        #: (a web adapter's per-client limit): its headers still belong on the answer.
+        self.extra_rate: RateDecision | None = None
         super().__init__(detail or f"{name!r}: {self.problem} (retry after {self.retry_after:.3g} s)")
 
 

@@ -53,6 +53,7 @@ from baldur.policies.breaker import Outcome
 from baldur.policies.concurrency import SHED_RETRY_AFTER, admits
 from baldur.policies.idempotency import Verdict
 from baldur.policies.rate_limit import RateDecision, RateLimit
+from baldur.stores._types import ExtraLimit
 
 __all__ = ["init_flask"]
 
@@ -274,6 +275,9 @@ def _settle(state: _Request, options: _Options) -> None:
     if state.idempotency_claim is not None:  # the response was never stored (after_request did not run)
         claim, state.idempotency_claim = state.idempotency_claim, None
         claim.abort()
+    if state.extra is not None:  # the view never ran (another hook answered): the request still counts
+        extra, state.extra = state.extra, None
+        (_runtime._current or _runtime.current()).sync.rate(extra.key, extra.limit)
     try:
         if state.ticket is not None:
             runtime = _runtime._current or _runtime.current()
@@ -318,16 +322,26 @@ def _client_key(req: Request, options: _Options) -> str:
 
 
 def _limit_client(options: _Options) -> Response | None:
-    """before_request: the per-client rate limit of every request."""
+    """before_request: the per-client rate limit of every request.
+
+    For a protected view it is left to the view's admission, which decides
+    both in one store operation (one Redis round trip per request).
+    """
     req: Request = request._get_current_object()  # type: ignore[attr-defined]
     state: _Request | None = req.environ.get(_STATE)
     if state is None or options.rate_limit is None:  # the WSGI layer was bypassed
         return None
+    extra = ExtraLimit("default", f"web:{state.client_key()}", options.rate_limit)
+    endpoint = req.endpoint
+    view = state.app.view_functions.get(endpoint) if endpoint is not None else None
+    if getattr(view, "__baldur__", None) is not None:
+        state.extra = extra
+        return None
     runtime = _runtime._current or _runtime.current()
-    decision = runtime.sync.rate(f"web:{state.client_key()}", options.rate_limit)
-    state.add_policy("default", options.rate_limit, decision)
+    decision = runtime.sync.rate(extra.key, extra.limit)
+    state.add_policy(extra.policy, extra.limit, decision)
     if not decision.allowed:
-        return _answer_error(RateLimited("default", decision.retry_after))
+        return _answer_error(RateLimited(extra.policy, decision.retry_after))
     return None
 
 

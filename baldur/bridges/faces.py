@@ -9,7 +9,7 @@ from __future__ import annotations
 from baldur.bridges.loops import run_sync
 from baldur.policies.breaker import Breaker, BreakerState, Outcome, State
 from baldur.policies.rate_limit import RateDecision, RateLimit
-from baldur.stores._types import AsyncStore, IdempotencyStart, Plan, SyncStore, Ticket
+from baldur.stores._types import AsyncStore, ExtraLimit, IdempotencyStart, Plan, SyncStore, Ticket
 
 __all__ = ["AsyncOverSync", "SyncOverAsync"]
 
@@ -20,8 +20,8 @@ class AsyncOverSync:
     def __init__(self, store: SyncStore) -> None:
         self.store = store
 
-    async def admit(self, plan: Plan, client: str | None = None) -> Ticket:
-        return self.store.admit(plan, client)
+    async def admit(self, plan: Plan, client: str | None = None, extra: ExtraLimit | None = None) -> Ticket:
+        return self.store.admit(plan, client, extra)
 
     def defer(self, ticket: Ticket, outcome: Outcome) -> bool:
         self.store.finish(ticket, outcome)
@@ -70,8 +70,8 @@ class SyncOverAsync:
     def succeed(self, state: BreakerState) -> None:
         raise AssertionError("a store without a fast lane got a fast-lane success")  # pragma: no cover
 
-    def admit(self, plan: Plan, client: str | None = None) -> Ticket:
-        return run_sync(self.store.admit, plan, client)
+    def admit(self, plan: Plan, client: str | None = None, extra: ExtraLimit | None = None) -> Ticket:
+        return run_sync(self.store.admit, plan, client, extra)
 
     def finish(self, ticket: Ticket, outcome: Outcome) -> None:
         if not self.store.defer(ticket, outcome):

@@ -10,13 +10,13 @@ branch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from baldur.policies.breaker import Breaker, BreakerState, Outcome, State
 from baldur.policies.idempotency import Verdict
 from baldur.policies.rate_limit import RateDecision, RateLimit
 
-__all__ = ["AsyncStore", "IdempotencyStart", "Plan", "SyncStore", "Ticket"]
+__all__ = ["AsyncStore", "ExtraLimit", "IdempotencyStart", "Plan", "SyncStore", "Ticket"]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -45,10 +45,19 @@ class Plan:
         set_(self, "plain_ticket", Ticket(self))
 
 
+class ExtraLimit(NamedTuple):
+    """A rate limit decided in the same step as a plan's admission (a web adapter's
+    per-client limit), so that a request costs one store operation, not two."""
+
+    policy: str
+    key: str
+    limit: RateLimit
+
+
 class Ticket:
     """Proof of admission: what ``finish`` must record and release."""
 
-    __slots__ = ("holds_slot", "lease", "local", "plan", "rate", "trial")
+    __slots__ = ("extra_rate", "holds_slot", "lease", "local", "plan", "rate", "trial")
 
     def __init__(self, plan: Plan, trial: bool = False, holds_slot: bool = False,
                  rate: RateDecision | None = None) -> None:
@@ -60,6 +69,8 @@ class Ticket:
         self.lease: str | None = None
         #: Issued by a shared store's local fallback while it was down.
         self.local = False
+        #: The decision of the ``ExtraLimit`` admitted with the plan, if any.
+        self.extra_rate: RateDecision | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +90,8 @@ class SyncStore(Protocol):
     def succeed(self, state: BreakerState) -> None:
         """A success through the fast lane."""
 
-    def admit(self, plan: Plan, client: str | None = None) -> Ticket:
-        """Rate limit, concurrency and breaker pre-flight in one step; raise ``Rejected``."""
+    def admit(self, plan: Plan, client: str | None = None, extra: ExtraLimit | None = None) -> Ticket:
+        """``extra``, then rate limit, concurrency and breaker pre-flight in one step; raise ``Rejected``."""
 
     def finish(self, ticket: Ticket, outcome: Outcome) -> None:
         """Record the call's outcome with its breaker and give back its concurrency slot."""
@@ -111,7 +122,7 @@ class AsyncStore(Protocol):
     def defer(self, ticket: Ticket, outcome: Outcome) -> bool:
         """Record ``outcome`` without I/O if it can wait (written behind); ``False`` if it must be sent."""
 
-    async def admit(self, plan: Plan, client: str | None = None) -> Ticket: ...
+    async def admit(self, plan: Plan, client: str | None = None, extra: ExtraLimit | None = None) -> Ticket: ...
 
     async def finish(self, ticket: Ticket, outcome: Outcome) -> None: ...
 

@@ -18,14 +18,14 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from baldur import _log
-from baldur.errors import CircuitOpen, Overloaded, RateLimited
+from baldur.errors import CircuitOpen, Overloaded, RateLimited, Rejected
 from baldur.policies import breaker as breaker_policy
 from baldur.policies import idempotency
 from baldur.policies.breaker import Breaker, BreakerState, Outcome, State
 from baldur.policies.concurrency import SHED_RETRY_AFTER, admits
 from baldur.policies.idempotency import IdempotencyRecord, Verdict
 from baldur.policies.rate_limit import RateDecision, RateLimit, gcra
-from baldur.stores._types import IdempotencyStart, Plan, Ticket
+from baldur.stores._types import ExtraLimit, IdempotencyStart, Plan, Ticket
 
 __all__ = ["MemoryStore"]
 
@@ -51,9 +51,9 @@ class MemoryStore:
 
     # -- the operations ---------------------------------------------------
 
-    def admit(self, plan: Plan, client: str | None = None) -> Ticket:
+    def admit(self, plan: Plan, client: str | None = None, extra: ExtraLimit | None = None) -> Ticket:
         options = plan.breaker
-        if not plan.needs_lock:
+        if not plan.needs_lock and extra is None:
             if options is None:
                 return plan.plain_ticket
             cell = self._keys.get(plan.breaker_key)
@@ -63,11 +63,16 @@ class MemoryStore:
                 return plan.plain_ticket
         now = self.clock()
         transition: State | None = None
-        rejection: Exception | None = None
-        decision = None
+        rejection: Rejected | None = None
+        decision = extra_decision = None
         holds_slot = trial = False
         with self._lock:
-            if plan.rate_limit is not None:
+            if extra is not None:
+                extra_decision = self._rate(extra.key, extra.limit, now)
+                if not extra_decision.allowed:
+                    rejection = RateLimited(extra.policy, extra_decision.retry_after, limit=extra.limit,
+                                            decision=extra_decision)
+            if rejection is None and plan.rate_limit is not None:
                 key = plan.rate_key if client is None else f"{plan.rate_key}:{client}"
                 decision = self._rate(key, plan.rate_limit, now)
                 if not decision.allowed:
@@ -91,10 +96,14 @@ class MemoryStore:
         self._announce(plan.name, transition)
         if rejection is not None:
             _announce_rejection(rejection, client)
+            if extra_decision is not None and extra_decision.allowed and isinstance(rejection, Rejected):
+                rejection.extra_rate = extra_decision
             raise rejection
-        if not trial and not holds_slot and decision is None:
+        if not trial and not holds_slot and decision is None and extra_decision is None:
             return plan.plain_ticket
-        return Ticket(plan, trial, holds_slot, decision)
+        ticket = Ticket(plan, trial, holds_slot, decision)
+        ticket.extra_rate = extra_decision
+        return ticket
 
     def finish(self, ticket: Ticket, outcome: Outcome) -> None:
         plan = ticket.plan

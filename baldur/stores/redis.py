@@ -44,13 +44,13 @@ import sniffio
 
 from baldur import _log
 from baldur.bridges import background, is_home_loop, run_sync
-from baldur.errors import CircuitOpen, ConfigError, Overloaded, RateLimited, StoreUnavailable
+from baldur.errors import CircuitOpen, ConfigError, Overloaded, RateLimited, Rejected, StoreUnavailable
 from baldur.policies import idempotency
 from baldur.policies.breaker import Breaker, Outcome, State
 from baldur.policies.concurrency import SHED_RETRY_AFTER
 from baldur.policies.idempotency import Verdict
 from baldur.policies.rate_limit import RateDecision, RateLimit
-from baldur.stores._types import IdempotencyStart, Plan, Ticket
+from baldur.stores._types import ExtraLimit, IdempotencyStart, Plan, Ticket
 from baldur.stores.memory import MemoryStore
 
 try:
@@ -134,43 +134,59 @@ class RedisStore:
 
     # -- the operations ---------------------------------------------------
 
-    async def admit(self, plan: Plan, client: str | None = None) -> Ticket:
+    async def admit(self, plan: Plan, client: str | None = None, extra: ExtraLimit | None = None) -> Ticket:
         if self.down:
-            return self._local_ticket(self.local.admit(plan, client))
+            return self._local_ticket(self.local.admit(plan, client, extra))
         rate = plan.rate_limit
         breaker = plan.breaker
         lease = f"{self._token}:{os.getpid()}:{next(self._lease_ids)}" if plan.max_concurrency else ""
         pending = self._take_pending(plan.breaker_key) if breaker is not None else 0
-        keys = [self._key(plan.name, "r", client or ""), self._key(plan.name, "c"), self._key(plan.name, "b")]
+        # The extra limit's key lives in another hash slot: one script may touch both on a
+        # standalone Redis (the store's target), which keeps a request at one round trip.
+        keys = [self._key(plan.name, "r", client or ""), self._key(plan.name, "c"), self._key(plan.name, "b"),
+                self._key(extra.key, "r") if extra is not None else self._key(plan.name, "x")]
         args: list[Any] = [
             self._now(),
             repr(rate.interval) if rate else "0", repr(rate.tolerance) if rate else "0",
             plan.max_concurrency or 0, lease, LEASE_SECONDS,
             *self._breaker_args(breaker), pending,
+            repr(extra.limit.interval) if extra else "0", repr(extra.limit.tolerance) if extra else "0",
         ]
         try:
-            verdict, remaining, retry_after, next_after, reset_after, trial, transitions = await self._run(
-                "admit", keys, args)
+            reply = await self._run("admit", keys, args)
         except _RedisDown:
             self._restore_pending(plan, pending)
-            return self._local_ticket(self.local.admit(plan, client))
+            return self._local_ticket(self.local.admit(plan, client, extra))
+        verdict, remaining, retry_after, next_after, reset_after, trial, transitions = reply[:7]
         self._announce(plan.name, transitions)
+        extra_decision = None
+        if extra is not None:
+            extra_decision = RateDecision(*_decision_fields(reply[7:12]))
+            if verdict == 4:
+                _log.emit("ratelimit.blocked", extra.key, retry_after=round(extra_decision.retry_after, 3))
+                raise RateLimited(extra.policy, extra_decision.retry_after, limit=extra.limit,
+                                  decision=extra_decision)
         decision = None
         if rate is not None:
             decision = RateDecision(verdict != 1, int(remaining), float(retry_after), float(next_after),
                                     float(reset_after))
+        rejection: Rejected | None = None
         if verdict == 1:
             assert decision is not None
             _log.emit("ratelimit.blocked", plan.name if client is None else f"{plan.name}:{client}",
                       retry_after=round(decision.retry_after, 3))
-            raise RateLimited(plan.name, decision.retry_after, limit=rate, decision=decision)
-        if verdict == 2:
+            rejection = RateLimited(plan.name, decision.retry_after, limit=rate, decision=decision)
+        elif verdict == 2:
             _log.emit("backpressure.shed", plan.name)
-            raise Overloaded(plan.name, SHED_RETRY_AFTER)
-        if verdict == 3:
-            raise CircuitOpen(plan.name, float(retry_after))
+            rejection = Overloaded(plan.name, SHED_RETRY_AFTER)
+        elif verdict == 3:
+            rejection = CircuitOpen(plan.name, float(retry_after))
+        if rejection is not None:
+            rejection.extra_rate = extra_decision
+            raise rejection
         ticket = Ticket(plan, bool(trial), bool(lease), decision)
         ticket.lease = lease or None
+        ticket.extra_rate = extra_decision
         return ticket
 
     def defer(self, ticket: Ticket, outcome: Outcome) -> bool:
@@ -204,12 +220,11 @@ class RedisStore:
         if self.down:
             return self.local.rate(key, limit)
         try:
-            allowed, remaining, retry_after, next_after, reset_after = await self._run(
+            reply = await self._run(
                 "rate", [self._key(key, "r")], [self._now(), repr(limit.interval), repr(limit.tolerance)])
         except _RedisDown:
             return self.local.rate(key, limit)
-        decision = RateDecision(bool(allowed), int(remaining), float(retry_after), float(next_after),
-                                float(reset_after))
+        decision = RateDecision(*_decision_fields(reply))
         if not decision.allowed:
             _log.emit("ratelimit.blocked", key, retry_after=round(decision.retry_after, 3))
         return decision
@@ -464,6 +479,12 @@ class RedisStore:
         self._pending = {}
         self._flusher = self._prober = False
         self.local.reset()
+
+
+def _decision_fields(reply: Sequence[Any]) -> tuple[bool, int, float, float, float]:
+    """A script's (allowed, remaining, retry_after, next_after, reset_after)."""
+    allowed, remaining, retry_after, next_after, reset_after = reply
+    return bool(allowed), int(remaining), float(retry_after), float(next_after), float(reset_after)
 
 
 def _after_fork_in_child() -> None:
