@@ -129,17 +129,9 @@ def begin(runtime: _runtime.Runtime, name: str, key: str, print_: str) -> tuple[
     token = secrets.token_hex(8)
     try:
         start = runtime.sync.idempotency_begin(key, print_, token)
-    except StoreUnavailable:
-        if not runtime.settings.idempotency_fail_open:
-            raise
-        _logger.warning("idempotency for %r runs without its guarantee: the store is unavailable "
-                        "(BALDUR_IDEMPOTENCY_FAIL_OPEN=1)", name)
-        return None, IdempotencyStart(Verdict.RUN)
-    _start(start, name)
-    if start.verdict is Verdict.REPLAY:
-        _log.emit("idempotency.replayed", name)
-        return None, start
-    return Claim(runtime, key, token), start
+    except StoreUnavailable as exc:
+        return _unguarded(runtime, name, exc)
+    return _claimed(runtime, name, key, token, start)
 
 
 async def begin_async(runtime: _runtime.Runtime, name: str, key: str,
@@ -148,12 +140,22 @@ async def begin_async(runtime: _runtime.Runtime, name: str, key: str,
     token = secrets.token_hex(8)
     try:
         start = await runtime.async_.idempotency_begin(key, print_, token)
-    except StoreUnavailable:
-        if not runtime.settings.idempotency_fail_open:
-            raise
-        _logger.warning("idempotency for %r runs without its guarantee: the store is unavailable "
-                        "(BALDUR_IDEMPOTENCY_FAIL_OPEN=1)", name)
-        return None, IdempotencyStart(Verdict.RUN)
+    except StoreUnavailable as exc:
+        return _unguarded(runtime, name, exc)
+    return _claimed(runtime, name, key, token, start)
+
+
+def _unguarded(runtime: _runtime.Runtime, name: str, exc: StoreUnavailable) -> tuple[None, IdempotencyStart]:
+    """The store is unavailable: fail closed (raise ``exc``), or run without the guarantee."""
+    if not runtime.settings.idempotency_fail_open:
+        raise exc
+    _logger.warning("idempotency for %r runs without its guarantee: the store is unavailable "
+                    "(BALDUR_IDEMPOTENCY_FAIL_OPEN=1)", name)
+    return None, IdempotencyStart(Verdict.RUN)
+
+
+def _claimed(runtime: _runtime.Runtime, name: str, key: str, token: str,
+             start: IdempotencyStart) -> tuple[Claim | None, IdempotencyStart]:
     _start(start, name)
     if start.verdict is Verdict.REPLAY:
         _log.emit("idempotency.replayed", name)
