@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import baldur
@@ -342,6 +342,10 @@ BAD_URL_SHAPES = (
 @settings(max_examples=100, deadline=None)
 def test_a_password_never_appears_in_the_error(password: str, shape: str) -> None:
     url = shape.format(pw=password)
+    # A "password" that the message says anyway (BALDUR_R, redis, ...) proves nothing.
+    with pytest.raises(ConfigError) as template:
+        load_settings({}, {"BALDUR_REDIS_URL": shape.format(pw="\x00")})
+    assume(password not in str(template.value) and password not in repr(template.value.args))
     for overrides, environ in (({}, {"BALDUR_REDIS_URL": url}), ({"redis_url": url}, {})):
         with pytest.raises(ConfigError) as caught:
             load_settings(overrides, environ)

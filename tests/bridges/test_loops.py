@@ -23,7 +23,7 @@ from baldur.bridges import AsyncOverSync, SyncOverAsync, background, loop_pool, 
 from baldur.errors import Rejected
 from baldur.policies.breaker import Breaker, Outcome, State
 from baldur.policies.rate_limit import RateDecision, RateLimit
-from baldur.stores._types import Plan, SyncStore, Ticket
+from baldur.stores._types import ExtraLimit, Plan, SyncStore, Ticket
 from baldur.stores.memory import MemoryStore
 
 WAIT = 10.0  # seconds: only an upper bound for waits that should end at once
@@ -48,9 +48,9 @@ class SuspendingStore:
     def defer(self, ticket: Ticket, outcome: Outcome) -> bool:
         return False  # nothing is written behind: every outcome goes through ``finish``
 
-    async def admit(self, plan: Plan, client: str | None = None) -> Ticket:
+    async def admit(self, plan: Plan, client: str | None = None, extra: ExtraLimit | None = None) -> Ticket:
         await asyncio.sleep(0)
-        return await self.inner.admit(plan, client)
+        return await self.inner.admit(plan, client, extra)
 
     async def finish(self, ticket: Ticket, outcome: Outcome) -> None:
         await asyncio.sleep(0)
