@@ -31,8 +31,8 @@ from baldur.stores._types import IdempotencyStart
 __all__ = ["Claim", "begin", "fell_back", "fingerprint"]
 
 _logger = logging.getLogger("baldur.idempotency")
-#: Set by a protected call that answered with its fallback: such a result is not stored.
-fell_back: ContextVar[bool] = ContextVar("baldur_fell_back", default=False)
+#: The name of a protected call that answered with its fallback: such a result is not stored.
+fell_back: ContextVar[str | None] = ContextVar("baldur_fell_back", default=None)
 
 
 def fingerprint(*parts: bytes | str) -> str:
@@ -54,22 +54,43 @@ class Claim:
         self.runtime, self.key, self.token = runtime, key, token
         _held.add(self)
 
+    # The call has run by now: a store that fails at this step must not turn its result into
+    # an error. The claim stays until its lease lapses; then the key is free again.
+
     def complete(self, result: str) -> None:
         _held.discard(self)
-        self.runtime.sync.idempotency_complete(self.key, self.token, result, self.runtime.settings.idempotency_ttl)
+        try:
+            self.runtime.sync.idempotency_complete(self.key, self.token, result,
+                                                   self.runtime.settings.idempotency_ttl)
+        except StoreUnavailable as exc:
+            _unsettled("stored for replay", exc)
 
     def abort(self) -> None:
         _held.discard(self)
-        self.runtime.sync.idempotency_abort(self.key, self.token)
+        try:
+            self.runtime.sync.idempotency_abort(self.key, self.token)
+        except StoreUnavailable as exc:
+            _unsettled("released", exc)
 
     async def complete_async(self, result: str) -> None:
         _held.discard(self)
-        await self.runtime.async_.idempotency_complete(self.key, self.token, result,
-                                                       self.runtime.settings.idempotency_ttl)
+        try:
+            await self.runtime.async_.idempotency_complete(self.key, self.token, result,
+                                                           self.runtime.settings.idempotency_ttl)
+        except StoreUnavailable as exc:
+            _unsettled("stored for replay", exc)
 
     async def abort_async(self) -> None:
         _held.discard(self)
-        await self.runtime.async_.idempotency_abort(self.key, self.token)
+        try:
+            await self.runtime.async_.idempotency_abort(self.key, self.token)
+        except StoreUnavailable as exc:
+            _unsettled("released", exc)
+
+
+def _unsettled(what: str, exc: StoreUnavailable) -> None:
+    _logger.warning("an idempotent call's result may not be %s (%s); at worst its key stays in use until its "
+                    "lease lapses (%g s)", what, exc, LEASE_SECONDS)
 
 
 class _Held:
@@ -176,21 +197,24 @@ def decode_result(stored: str | None) -> Any:
     return None if stored is None else json.loads(stored)["result"]
 
 
-def idempotent_sync(func: Callable[..., Any], name: str, key_of: Callable[..., str]) -> Callable[..., Any]:
+def idempotent_sync(func: Callable[..., Any], name: str, key_of: Callable[..., str | None]) -> Callable[..., Any]:
     """Outermost step of a sync pipeline: replay, refuse, or run and store."""
 
     def call(*args: Any, **kwargs: Any) -> Any:
         runtime = _runtime._current or _runtime.current()
-        key = f"fn:{name}:{key_of(*args, **kwargs)}"
+        given = key_of(*args, **kwargs)
+        if given is None:  # no key for this call: no guarantee, as without idempotency_key
+            return func(*args, **kwargs)
+        key = f"fn:{name}:{given}"
         claim, start = begin(runtime, name, key, "")
         if start.verdict is Verdict.REPLAY:
             return decode_result(start.result)
         if claim is None:
             return func(*args, **kwargs)
-        token = fell_back.set(False)
+        token = fell_back.set(None)
         try:
             result = func(*args, **kwargs)
-            stored = None if fell_back.get() else encode_result(name, result)
+            stored = None if fell_back.get() == name else encode_result(name, result)
         except BaseException:
             claim.abort()
             raise
@@ -206,21 +230,24 @@ def idempotent_sync(func: Callable[..., Any], name: str, key_of: Callable[..., s
 
 
 def idempotent_async(func: Callable[..., Awaitable[Any]], name: str,
-                     key_of: Callable[..., str]) -> Callable[..., Awaitable[Any]]:
+                     key_of: Callable[..., str | None]) -> Callable[..., Awaitable[Any]]:
     """Outermost step of an async pipeline: replay, refuse, or run and store."""
 
     async def call(*args: Any, **kwargs: Any) -> Any:
         runtime = _runtime._current or _runtime.current()
-        key = f"fn:{name}:{key_of(*args, **kwargs)}"
+        given = key_of(*args, **kwargs)
+        if given is None:
+            return await func(*args, **kwargs)
+        key = f"fn:{name}:{given}"
         claim, start = await begin_async(runtime, name, key, "")
         if start.verdict is Verdict.REPLAY:
             return decode_result(start.result)
         if claim is None:
             return await func(*args, **kwargs)
-        token = fell_back.set(False)
+        token = fell_back.set(None)
         try:
             result = await func(*args, **kwargs)
-            stored = None if fell_back.get() else encode_result(name, result)
+            stored = None if fell_back.get() == name else encode_result(name, result)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await claim.abort_async()

@@ -260,7 +260,7 @@ def protected(
                 raise ConfigError(f"protected({name!r}, fallback=...)", fallback, "async def fallback(exc): ...",
                                   "an async callable needs a coroutine function as fallback")
             if fallback is not None:
-                protection.fallback = _marked_async(fallback)
+                protection.fallback = _marked_async(fallback, name)
             wrapper = _async_wrapper(cast(Callable[..., Awaitable[Any]], func), protection)
             if key_of is not None:
                 wrapper = _idempotency.idempotent_async(wrapper, name, key_of)
@@ -269,7 +269,7 @@ def protected(
                 raise ConfigError(f"protected({name!r}, fallback=...)", fallback, "def fallback(exc): ...",
                                   "a sync callable needs a plain function as fallback")
             if fallback is not None:
-                protection.fallback = _marked_sync(fallback)
+                protection.fallback = _marked_sync(fallback, name)
             wrapper = _sync_wrapper(func, protection)
             if key_of is not None:
                 wrapper = _idempotency.idempotent_sync(wrapper, name, key_of)
@@ -280,33 +280,45 @@ def protected(
     return decorate
 
 
-def _key_function(name: str, func: Callable[..., Any], spec: str | Callable[..., Any]) -> Callable[..., str]:
-    """``idempotency_key`` as a function of the call's arguments, checked at decoration."""
+def _key_function(name: str, func: Callable[..., Any],
+                  spec: str | Callable[..., Any]) -> Callable[..., str | None]:
+    """``idempotency_key`` as a function of the call's arguments, checked at decoration;
+    ``None`` (no key for this call) runs it without idempotency."""
     if callable(spec):
-        return lambda *args, **kwargs: str(spec(*args, **kwargs))
+
+        def computed(*args: Any, **kwargs: Any) -> str | None:
+            key = spec(*args, **kwargs)
+            return None if key is None else str(key)
+
+        return computed
     signature = inspect.signature(func)
     if spec not in signature.parameters:
         raise ConfigError(f"protected({name!r}, idempotency_key=...)", spec,
                           f"idempotency_key={next(iter(signature.parameters), 'order_id')!r}",
                           f"{func.__name__}() has no argument of that name")
 
-    def key_of(*args: Any, **kwargs: Any) -> str:
-        return str(signature.bind(*args, **kwargs).arguments[spec])
+    def key_of(*args: Any, **kwargs: Any) -> str | None:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()  # a key argument left at its default is that value
+        key = bound.arguments[spec]
+        return None if key is None else str(key)
 
     return key_of
 
 
-def _marked_sync(fallback: Callable[[Exception], Any]) -> Callable[[Exception], Any]:
+def _marked_sync(fallback: Callable[[Exception], Any], name: str) -> Callable[[Exception], Any]:
     def answer(exc: Exception) -> Any:
-        _idempotency.fell_back.set(True)  # a fallback's answer is never stored for replay
+        # A fallback's answer is never stored for replay: the idempotent call ``name`` (not
+        # one that called this inside its body) answered with it.
+        _idempotency.fell_back.set(name)
         return fallback(exc)
 
     return answer
 
 
-def _marked_async(fallback: Callable[[Exception], Any]) -> Callable[[Exception], Any]:
+def _marked_async(fallback: Callable[[Exception], Any], name: str) -> Callable[[Exception], Any]:
     async def answer(exc: Exception) -> Any:
-        _idempotency.fell_back.set(True)
+        _idempotency.fell_back.set(name)
         return await fallback(exc)
 
     return answer

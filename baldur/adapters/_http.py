@@ -108,7 +108,9 @@ def problem(exc: BaldurError, instance: str | None = None,
         body = {"type": "about:blank", "title": "Unprocessable Content", "detail": str(exc)}
     elif isinstance(exc, StoreUnavailable):
         status = 503
-        body = {"type": "about:blank", "title": "Service Unavailable", "detail": str(exc)}
+        # Not str(exc): it names the store's host (the server's log has it); the client needs none of it.
+        body = {"type": "about:blank", "title": "Service Unavailable",
+                "detail": "A store this request needs is unavailable; the request was not processed."}
     else:
         status = 500
         body = {"type": "about:blank", "title": "Internal Server Error", "detail": "An internal error occurred."}

@@ -26,6 +26,7 @@ from typing import Any
 
 from flask import Flask, Request, Response, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.wsgi import ClosingIterator
 
 from baldur import _log, _pipeline, _runtime
 from baldur._config import _parse_one
@@ -366,7 +367,8 @@ def _idempotency_begin(options: _Options) -> Response | None:
         key = parse_idempotency_key(values)
     except ValueError as exc:
         return _respond(bad_request(str(exc), req.path))
-    rule = req.url_rule.rule if req.url_rule is not None else req.path
+    # The route as mounted (SCRIPT_NAME): two apps of one process, /v1 and /v2, never share a key.
+    rule = req.script_root + (req.url_rule.rule if req.url_rule is not None else req.path)
     scope = "http:" + fingerprint(state.client_key(), req.method, rule, key)
     body_print = fingerprint(req.method, req.path, req.query_string, req.get_data(cache=True))
     runtime = _runtime._current or _runtime.current()
@@ -390,21 +392,33 @@ def _idempotency_complete(options: _Options, response: Response) -> Response:
     if state is None or state.idempotency_claim is None:
         return response
     claim, state.idempotency_claim = state.idempotency_claim, None
-    if state.rejected or response.is_streamed or response.direct_passthrough:
+    if state.rejected or not _in_hand(response):
         # Baldur refused it (try again with the same key), or the body is not in hand to store.
         claim.abort()
         return response
-    body = response.get_data()
-    if len(body) > options.idempotency_max_bytes:
+    size = response.content_length if response.is_streamed else len(response.get_data())
+    if size is None or size > options.idempotency_max_bytes:
         _logger.warning("the response to %s %s (%d bytes) is larger than BALDUR_IDEMPOTENCY_MAX_BYTES=%d and "
-                        "is not stored for replay", request.method, request.path, len(body),
+                        "is not stored for replay", request.method, request.path, size or 0,
                         options.idempotency_max_bytes)
         claim.abort()
         return response
+    body = response.get_data()  # (an error page's iterator becomes a list: sent as before)
     headers = [[k, v] for k, v in response.headers.items() if k.lower() not in _UNSAFE_HEADERS]
     claim.complete(json.dumps({"status": response.status_code, "headers": headers,
                                "body": base64.b64encode(body).decode()}))
     return response
+
+
+def _in_hand(response: Response) -> bool:
+    """The response's body is in memory, not produced while it is sent (a generator, a file)."""
+    if response.direct_passthrough:
+        return False
+    if not response.is_streamed:
+        return True
+    # Flask turns an HTTPException (abort(404), the 500 of an unhandled error) into a response
+    # by running it as a WSGI app: its small body is in memory behind an iterator, its length known.
+    return isinstance(response.response, ClosingIterator) and response.content_length is not None
 
 
 def _outcome(state: _Request) -> Outcome:

@@ -189,8 +189,8 @@ def test_a_limit_of_100_admits_exactly_100_of_300_across_workers(
     answers = server.get_many(path, 300)
     assert statuses(answers) == {200: 100, 429: 200}, server.output()
     # Not one worker's private count: the admitted and the refused came from several workers.
-    assert len({a.pid for a in answers if a.status == 200}) >= 2
-    assert len({a.pid for a in answers if a.status == 429}) >= 2
+    # Several workers answered, and 100 in all were admitted: each would admit 100 on its own.
+    assert len({a.pid for a in answers}) >= 2
     refused = next(a for a in answers if a.status == 429)
     assert int(refused.headers["retry-after"]) > 0
     assert "store.degraded" not in server.output()
