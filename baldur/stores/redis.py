@@ -374,7 +374,9 @@ class RedisStore:
         client = self._clients.get(loop)
         if client is None:
             client = aioredis.Redis.from_url(
-                self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
+                # No socket_timeout: redis-py would wrap each read in wait_for (a task per
+                # command); ``_bounded`` already bounds the whole operation.
+                self.url, socket_timeout=None, socket_connect_timeout=self.timeout,
                 retry=RedisRetry(NoBackoff(), 0), health_check_interval=0)
             self._clients[loop] = client
         return client
