@@ -6,11 +6,15 @@ What is measured: a function that returns a constant, called through
 * ``@baldur.protected`` with default options (memory store, closed breaker),
 * ``pybreaker.CircuitBreaker()`` (default options, ``breaker.call`` via its decorator),
 * ``circuitbreaker``'s ``@circuit`` (default options),
+* purgatory's ``SyncCircuitBreakerFactory``/``AsyncCircuitBreakerFactory`` (in memory, default options),
+* ``aiobreaker.CircuitBreaker()`` (default options),
 
 both as a sync function and as an ``async def`` awaited inside one running
 asyncio loop (pybreaker's ``call_async`` needs tornado, so it has no async
 row). Timings are made inside the loop (a coroutine that awaits the function
 N times), so the cost of starting a loop is not part of any number.
+purgatory and aiobreaker are optional (the ``bench`` extra): a peer that is
+not installed is left out, and the table says so.
 
 Method, for noisy shared machines: each round times every variant once, one
 after the other (the order rotates from round to round), so slow drift of the
@@ -55,6 +59,17 @@ import pybreaker
 
 import baldur
 
+purgatory: Any
+aiobreaker: Any
+try:
+    import purgatory
+except ImportError:  # optional peer (the bench extra)
+    purgatory = None
+try:
+    import aiobreaker  # type: ignore[import-untyped,no-redef]
+except ImportError:  # optional peer (the bench extra)
+    aiobreaker = None
+
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADING = "## Call overhead"
 
@@ -98,6 +113,41 @@ async def circuitbreaker_async() -> int:
     return 1
 
 
+#: Peers that are not installed, for the report.
+MISSING = [name for name, module in (("purgatory", purgatory), ("aiobreaker", aiobreaker)) if module is None]
+
+
+def _peers() -> list[Variant]:
+    """purgatory and aiobreaker, where installed: each as sync and async."""
+    found: list[Variant] = []
+    if purgatory is not None:
+        sync_factory = purgatory.SyncCircuitBreakerFactory()
+        async_factory = purgatory.AsyncCircuitBreakerFactory()
+
+        @sync_factory("bench-purgatory-sync")  # type: ignore[untyped-decorator]
+        def purgatory_sync() -> int:
+            return 1
+
+        @async_factory("bench-purgatory-async")  # type: ignore[untyped-decorator]
+        async def purgatory_async() -> int:
+            return 1
+
+        found += [Variant("purgatory", "sync", purgatory_sync), Variant("purgatory", "async", purgatory_async)]
+    if aiobreaker is not None:
+        breaker = aiobreaker.CircuitBreaker()
+
+        @breaker  # type: ignore[untyped-decorator]
+        def aiobreaker_sync() -> int:
+            return 1
+
+        @breaker  # type: ignore[untyped-decorator]
+        async def aiobreaker_async() -> int:
+            return 1
+
+        found += [Variant("aiobreaker", "sync", aiobreaker_sync), Variant("aiobreaker", "async", aiobreaker_async)]
+    return found
+
+
 @dataclass
 class Variant:
     label: str
@@ -116,14 +166,17 @@ class Variant:
 
 
 def variants() -> list[Variant]:
+    peers = _peers()
     return [
         Variant("bare", "sync", bare_sync),
         Variant("baldur", "sync", baldur_sync),
         Variant("pybreaker", "sync", pybreaker_sync),
         Variant("circuitbreaker", "sync", circuitbreaker_sync),
+        *[v for v in peers if v.kind == "sync"],
         Variant("bare", "async", bare_async),
         Variant("baldur", "async", baldur_async),
         Variant("circuitbreaker", "async", circuitbreaker_async),
+        *[v for v in peers if v.kind == "async"],
     ]
 
 
@@ -212,7 +265,18 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
-def report(done: list[Variant], rounds: int, target: float) -> str:
+def figures(done: list[Variant]) -> dict[str, float]:
+    """Overheads (seconds) by ``kind/label``, and the two goal ratios."""
+    bare = {v.kind: v.median for v in done if v.label == "bare"}
+    overhead = {f"{v.kind}/{v.label}": v.median - bare[v.kind] for v in done}
+    theirs, ours_sync = overhead["sync/pybreaker"], overhead["sync/baldur"]
+    overhead["vs_pybreaker"] = ours_sync / theirs if theirs > 0 else float("nan")
+    overhead["async_vs_sync"] = overhead["async/baldur"] / ours_sync if ours_sync > 0 else float("nan")
+    return overhead
+
+
+def report(done: list[Variant], rounds: int, target: float, *, command: str = "python benchmarks/call_overhead.py "
+           "--write", machine: bool = True) -> str:
     bare = {v.kind: v.median for v in done if v.label == "bare"}
     overhead = {(v.kind, v.label): v.median - bare[v.kind] for v in done}
     lines = [
@@ -237,20 +301,29 @@ def report(done: list[Variant], rounds: int, target: float) -> str:
         f"| baldur async overhead ÷ baldur sync overhead | {async_vs_sync:.2f} | ≤ {GOAL_ASYNC_VS_SYNC:.2f} "
         f"| {'met' if async_vs_sync <= GOAL_ASYNC_VS_SYNC else 'missed'} |",
         "",
-        f"- date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- CPU: {_cpu_model()}, {os.cpu_count()} cores; {platform.system()} {platform.machine()}",
-        f"- Python {platform.python_version()} ({platform.python_implementation()})",
-        f"- baldur-framework {_version('baldur-framework')} (baldur {baldur.__version__}), "
-        f"pybreaker {_version('pybreaker')}, circuitbreaker {_version('circuitbreaker')}, "
-        f"anyio {_version('anyio')}",
+    ]
+    if machine:
+        lines += [
+            f"- date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+            f"- CPU: {_cpu_model()}, {os.cpu_count()} cores; {platform.system()} {platform.machine()}",
+            f"- Python {platform.python_version()} ({platform.python_implementation()})",
+            f"- baldur-framework {_version('baldur-framework')} (baldur {baldur.__version__}), "
+            f"pybreaker {_version('pybreaker')}, circuitbreaker {_version('circuitbreaker')}, "
+            f"purgatory {_version('purgatory')}, aiobreaker {_version('aiobreaker')}, anyio {_version('anyio')}",
+        ]
+    lines += [
         f"- method: {rounds} rounds, every variant once per round in rotating order, "
         f"each timing ≈ {target} s of back-to-back calls with gc off; async variants awaited in a loop "
-        "inside one running asyncio loop; medians over rounds; "
-        "command `python benchmarks/call_overhead.py --write`",
+        f"inside one running asyncio loop; medians over rounds; command `{command}`",
         "- variants: a function returning a constant; baldur `@protected(name)` with default options "
         "(memory store, closed breaker); pybreaker `CircuitBreaker()` as decorator; circuitbreaker `@circuit`; "
-        "pybreaker's `call_async` needs tornado, so it has no async row",
+        "purgatory `SyncCircuitBreakerFactory()`/`AsyncCircuitBreakerFactory()` (in memory) as decorator; "
+        "aiobreaker `CircuitBreaker()` as decorator; pybreaker's `call_async` needs tornado, so it has no "
+        "async row",
     ]
+    if MISSING:
+        lines.append(f"- not installed, so not measured: {', '.join(MISSING)} "
+                     "(`pip install -e '.[bench]'` brings them)")
     return "\n".join(lines)
 
 
@@ -281,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    log(f"{rounds} rounds, ≈ {target} s per timing, 7 variants")
+    log(f"{rounds} rounds, ≈ {target} s per timing, {len(variants())} variants")
     section = report(run(rounds, target, log), rounds, target)
     print(section)
     if args.write:
