@@ -40,7 +40,6 @@ from importlib import resources
 from typing import Any
 
 import anyio
-import sniffio
 
 from baldur import _log
 from baldur.bridges import background, is_home_loop, run_sync
@@ -386,10 +385,7 @@ class RedisStore:
 
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """EVALSHA the script on a loop that may own a connection; ``_RedisDown`` when Redis fails."""
-        try:
-            loop = asyncio.get_running_loop() if sniffio.current_async_library() == "asyncio" else None
-        except sniffio.AsyncLibraryNotFoundError:
-            loop = None
+        loop = asyncio._get_running_loop()  # None under trio: redis.asyncio needs asyncio
         if loop is None or not is_home_loop(loop):
             return await self._hop(name, keys, args, loop)
         script = self._scripts[name]
