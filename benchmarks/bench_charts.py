@@ -48,7 +48,7 @@ def servers_chart(results: list[ServerResult], path: Path, title: str) -> None:
         bars = top.bar(xs, ratios, width, label=labels[key], color=COLORS.get(key))
         top.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
         bars = bottom.bar(xs, p99s, width, color=COLORS.get(key))
-        bottom.bar_label(bars, fmt="%.0f", fontsize=7, padding=1)
+        bottom.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
     top.axhline(1.0, color="black", linewidth=0.6)
     top.axhline(0.95, color="black", linewidth=0.6, linestyle=":")
     top.set_ylabel("throughput ÷ bare Flask (same server, same run)")

@@ -62,8 +62,8 @@ class Mode:
     overload_seconds: float
 
 
-FULL = Mode("full", calls_rounds=9, calls_target=0.2, inprocess_rounds=7, inprocess_target=0.4,
-            command_requests=2000, server_rounds=5, server_seconds=5, warmup_seconds=1,
+FULL = Mode("full", calls_rounds=9, calls_target=0.2, inprocess_rounds=9, inprocess_target=0.4,
+            command_requests=2000, server_rounds=7, server_seconds=4, warmup_seconds=1,
             overload_levels=[4, 32, 64, 128, 256], overload_rounds=5, overload_seconds=4)
 QUICK = Mode("quick", calls_rounds=3, calls_target=0.03, inprocess_rounds=3, inprocess_target=0.1,
              command_requests=300, server_rounds=1, server_seconds=2, warmup_seconds=1,
@@ -158,20 +158,20 @@ def goals(run: Run) -> str:
     rows = []
     if "calls/vs_pybreaker" in f:
         value = get("calls/vs_pybreaker")
-        rows.append(["`protected` sync overhead ÷ pybreaker's", fmt(value), "≤ 0.33",
+        rows.append(["`protected` sync overhead ÷ pybreaker's", fmt(value, 3), "≤ 0.33",
                      f"baldur {fmt(get('calls/sync/baldur') * 1e6, 3)} µs, pybreaker "
                      f"{fmt(get('calls/sync/pybreaker') * 1e6, 3)} µs, circuitbreaker "
                      f"{fmt(get('calls/sync/circuitbreaker') * 1e6, 3)} µs", verdict(met(value, value <= 1 / 3))])
     if "inprocess/quickstart-memory_ratio" in f:
         value = get("inprocess/quickstart-memory_ratio")
-        rows.append(["in-process quickstart, memory, × bare", fmt(value), "≤ 1.10",
+        rows.append(["in-process quickstart, memory, × bare", fmt(value, 3), "≤ 1.10",
                      f"bare {fmt(get('inprocess/bare_us'), 1)} µs; Flask-Limiter memory "
                      f"{fmt(get('inprocess/limiter-memory_ratio'))}×, pybreaker view "
                      f"{fmt(get('inprocess/pybreaker_ratio'))}×", verdict(met(value, value <= 1.10))])
     if "inprocess/limiter-redis_added_us" in f:
         ours, theirs = get("inprocess/quickstart-redis-limit_added_us"), get("inprocess/limiter-redis_added_us")
         value = ours / theirs if theirs > 0 else float("nan")
-        rows.append(["in-process added latency, Redis (rate limit on) ÷ Flask-Limiter/Redis's", fmt(value),
+        rows.append(["in-process added latency, Redis (rate limit on) ÷ Flask-Limiter/Redis's", fmt(value, 3),
                      "≤ 0.50", f"Baldur +{fmt(ours, 0)} µs, Flask-Limiter +{fmt(theirs, 0)} µs, floor "
                      f"+{fmt(get('inprocess/floor_added_us'), 0)} µs; Baldur with the limit on the view "
                      f"+{fmt(get('inprocess/view-limit-redis_added_us'), 0)} µs",
@@ -187,12 +187,12 @@ def goals(run: Run) -> str:
     server = "servers/gunicorn-sync"
     if f"{server}/bare/rps" in f:
         value = get(f"{server}/baldur-memory/ratio")
-        rows.append(["gunicorn -w 2 throughput, memory, × bare", fmt(value), "≥ 0.95",
+        rows.append(["gunicorn -w 2 throughput, memory, × bare", fmt(value, 3), "≥ 0.95",
                      f"gthread {fmt(get('servers/gunicorn-gthread/baldur-memory/ratio'))}×, uvicorn "
                      f"{fmt(get('servers/uvicorn/baldur-memory/ratio'))}×", verdict(met(value, value >= 0.95))])
         if f"{server}/floor/rps" in f:
             value = get(f"{server}/baldur-redis/vs_floor")
-            rows.append(["gunicorn -w 2 throughput, Redis (rate limit on), × floor", fmt(value), "≥ 0.95",
+            rows.append(["gunicorn -w 2 throughput, Redis (rate limit on), × floor", fmt(value, 3), "≥ 0.95",
                          f"floor {fmt(get(f'{server}/floor/ratio'))}× bare; Baldur "
                          f"{fmt(get(f'{server}/baldur-redis/ratio'))}× bare; Flask-Limiter "
                          f"{fmt(get(f'{server}/limiter-redis/ratio'))}× bare; Baldur with the limit on the view "
@@ -202,7 +202,7 @@ def goals(run: Run) -> str:
     if run.overload_result is not None:
         top = run.overload_result.levels[-1]
         value = get(f"overload/baldur/{top}/vs_unloaded")
-        rows.append([f"overload ({top} connections), served p99 ÷ unloaded p99", fmt(value), "≤ 2",
+        rows.append([f"overload ({top} connections), served p99 ÷ unloaded p99", fmt(value, 3), "≤ 2",
                      f"Baldur {fmt(get(f'overload/baldur/{top}/served_p99_ms'), 0)} ms, "
                      f"{100 * get(f'overload/baldur/{top}/shed_share'):.0f} % shed; bare Flask "
                      f"{fmt(get(f'overload/bare/{top}/served_p99_ms'), 0)} ms "
