@@ -47,7 +47,6 @@ import time
 import timeit
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +55,7 @@ os.environ.pop("BALDUR_REDIS_URL", None)
 
 import circuitbreaker  # type: ignore[import-untyped]
 import pybreaker
+from bench_common import cpu_model, version
 
 import baldur
 
@@ -249,22 +249,6 @@ def _us(seconds: float) -> str:
     return f"{seconds * 1e6:.3f}"
 
 
-def _cpu_model() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or "unknown"
-    found = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
-    return found.group(1).strip() if found else platform.processor() or "unknown"
-
-
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def figures(done: list[Variant]) -> dict[str, float]:
     """Overheads (seconds) by ``kind/label``, and the two goal ratios."""
     bare = {v.kind: v.median for v in done if v.label == "bare"}
@@ -305,11 +289,11 @@ def report(done: list[Variant], rounds: int, target: float, *, command: str = "p
     if machine:
         lines += [
             f"- date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-            f"- CPU: {_cpu_model()}, {os.cpu_count()} cores; {platform.system()} {platform.machine()}",
+            f"- CPU: {cpu_model()}, {os.cpu_count()} cores; {platform.system()} {platform.machine()}",
             f"- Python {platform.python_version()} ({platform.python_implementation()})",
-            f"- baldur-framework {_version('baldur-framework')} (baldur {baldur.__version__}), "
-            f"pybreaker {_version('pybreaker')}, circuitbreaker {_version('circuitbreaker')}, "
-            f"purgatory {_version('purgatory')}, aiobreaker {_version('aiobreaker')}, anyio {_version('anyio')}",
+            f"- baldur-framework {version('baldur-framework')} (baldur {baldur.__version__}), "
+            f"pybreaker {version('pybreaker')}, circuitbreaker {version('circuitbreaker')}, "
+            f"purgatory {version('purgatory')}, aiobreaker {version('aiobreaker')}, anyio {version('anyio')}",
         ]
     lines += [
         f"- method: {rounds} rounds, every variant once per round in rotating order, "
