@@ -5,7 +5,7 @@ for Flask and any Python call, behind one decorator.
     def charge(order): ...
 """
 
-from baldur._pipeline import breaker, guard, protected
+from baldur._api import breaker, guard, protected
 from baldur._runtime import Runtime, init, reset
 from baldur._version import __version__
 from baldur.errors import (

@@ -16,9 +16,9 @@ import json
 import logging
 import secrets
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import anyio
 
@@ -28,8 +28,9 @@ from baldur.errors import IdempotencyConflict, IdempotencyMismatch, StoreUnavail
 from baldur.policies.idempotency import LEASE_SECONDS, Verdict
 from baldur.stores._types import IdempotencyStart
 
-__all__ = ["Claim", "begin", "fell_back", "fingerprint"]
+__all__ = ["Claim", "Idempotent", "answered_by_fallback", "decode_result", "encode_result", "fell_back", "fingerprint"]
 
+R = TypeVar("R")
 _logger = logging.getLogger("baldur.idempotency")
 #: The name of a protected call that answered with its fallback: such a result is not stored.
 fell_back: ContextVar[str | None] = ContextVar("baldur_fell_back", default=None)
@@ -46,46 +47,88 @@ def fingerprint(*parts: bytes | str) -> str:
 
 
 class Claim:
-    """This process holds ``key`` until ``complete`` or ``abort``; renewed in the background."""
+    """One idempotency key, from its claim to its settlement.
 
-    __slots__ = ("key", "runtime", "token")
+    ``begin`` claims the key (or finds a result to replay, or refuses);
+    while held, the background loop renews the lease; ``complete`` stores
+    the result, ``abort`` frees the key. Sync face: ``begin``, ``complete``,
+    ``abort``; async face: the same names with ``_async``. The call has run
+    by the time it is settled: a store that fails then must not turn its
+    result into an error, so settling only logs (the lease lapses by itself).
+    """
 
-    def __init__(self, runtime: _runtime.Runtime, key: str, token: str) -> None:
-        self.runtime, self.key, self.token = runtime, key, token
-        _held.add(self)
+    __slots__ = ("held", "key", "name", "print_", "runtime", "token")
 
-    # The call has run by now: a store that fails at this step must not turn its result into
-    # an error. The claim stays until its lease lapses; then the key is free again.
+    def __init__(self, runtime: _runtime.Runtime, name: str, key: str, print_: str) -> None:
+        self.runtime, self.name, self.key, self.print_ = runtime, name, key, print_
+        self.token = secrets.token_hex(8)
+        #: This process holds the key (run the call, then settle); ``False``: replay or unguarded.
+        self.held = False
+
+    def begin(self) -> IdempotencyStart:
+        """Claim the key; raise ``IdempotencyConflict``/``IdempotencyMismatch`` for a call that must not run."""
+        try:
+            start = self.runtime.sync.idempotency_begin(self.key, self.print_, self.token)
+        except StoreUnavailable as exc:
+            return self._unguarded(exc)
+        return self._started(start)
+
+    async def begin_async(self) -> IdempotencyStart:
+        try:
+            start = await self.runtime.async_.idempotency_begin(self.key, self.print_, self.token)
+        except StoreUnavailable as exc:
+            return self._unguarded(exc)
+        return self._started(start)
 
     def complete(self, result: str) -> None:
-        _held.discard(self)
-        try:
-            self.runtime.sync.idempotency_complete(self.key, self.token, result,
-                                                   self.runtime.settings.idempotency_ttl)
-        except StoreUnavailable as exc:
-            _unsettled("stored for replay", exc)
-
-    def abort(self) -> None:
-        _held.discard(self)
-        try:
-            self.runtime.sync.idempotency_abort(self.key, self.token)
-        except StoreUnavailable as exc:
-            _unsettled("released", exc)
+        with self._settling("stored for replay"):
+            self.runtime.sync.idempotency_complete(self.key, self.token, result, self.runtime.settings.idempotency_ttl)
 
     async def complete_async(self, result: str) -> None:
-        _held.discard(self)
-        try:
+        with self._settling("stored for replay"):
             await self.runtime.async_.idempotency_complete(self.key, self.token, result,
                                                            self.runtime.settings.idempotency_ttl)
-        except StoreUnavailable as exc:
-            _unsettled("stored for replay", exc)
+
+    def abort(self) -> None:
+        with self._settling("released"):
+            self.runtime.sync.idempotency_abort(self.key, self.token)
 
     async def abort_async(self) -> None:
+        with self._settling("released"):
+            await self.runtime.async_.idempotency_abort(self.key, self.token)
+
+    def _started(self, start: IdempotencyStart) -> IdempotencyStart:
+        name = self.name
+        if start.verdict is Verdict.CONFLICT:
+            # The first call will most likely finish soon; its lease (start.retry_after) only
+            # bounds how long a dead worker's claim can last.
+            _log.emit("idempotency.conflict", name, retry_after=round(start.retry_after, 3))
+            raise IdempotencyConflict(name, 1.0, f"{name!r}: a call with this idempotency key is still running")
+        if start.verdict is Verdict.MISMATCH:
+            raise IdempotencyMismatch(f"{name!r}: this idempotency key was used with a different payload")
+        if start.verdict is Verdict.REPLAY:
+            _log.emit("idempotency.replayed", name)
+        else:
+            self.held = True
+            _held.add(self)
+        return start
+
+    def _unguarded(self, exc: StoreUnavailable) -> IdempotencyStart:
+        """The store is unavailable: fail closed (raise ``exc``), or run without the guarantee."""
+        if not self.runtime.settings.idempotency_fail_open:
+            raise exc
+        _logger.warning("idempotency for %r runs without its guarantee: the store is unavailable "
+                        "(BALDUR_IDEMPOTENCY_FAIL_OPEN=1)", self.name)
+        return IdempotencyStart(Verdict.RUN)
+
+    @contextlib.contextmanager
+    def _settling(self, what: str) -> Iterator[None]:
+        self.held = False
         _held.discard(self)
         try:
-            await self.runtime.async_.idempotency_abort(self.key, self.token)
+            yield
         except StoreUnavailable as exc:
-            _unsettled("released", exc)
+            _unsettled(what, exc)
 
 
 def _unsettled(what: str, exc: StoreUnavailable) -> None:
@@ -134,56 +177,6 @@ class _Held:
 _held = _Held()
 
 
-def _start(start: IdempotencyStart, name: str) -> None:
-    """Raise for the verdicts that do not run the call."""
-    if start.verdict is Verdict.CONFLICT:
-        _log.emit("idempotency.conflict", name, retry_after=round(start.retry_after, 3))
-        # The first call will most likely finish soon; its lease (start.retry_after) only
-        # bounds how long a dead worker's claim can last.
-        raise IdempotencyConflict(name, 1.0, f"{name!r}: a call with this idempotency key is still running")
-    if start.verdict is Verdict.MISMATCH:
-        raise IdempotencyMismatch(f"{name!r}: this idempotency key was used with a different payload")
-
-
-def begin(runtime: _runtime.Runtime, name: str, key: str, print_: str) -> tuple[Claim | None, IdempotencyStart]:
-    """Claim ``key`` from sync code: (the claim, or ``None`` to run unguarded (fail open) or replay)."""
-    token = secrets.token_hex(8)
-    try:
-        start = runtime.sync.idempotency_begin(key, print_, token)
-    except StoreUnavailable as exc:
-        return _unguarded(runtime, name, exc)
-    return _claimed(runtime, name, key, token, start)
-
-
-async def begin_async(runtime: _runtime.Runtime, name: str, key: str,
-                      print_: str) -> tuple[Claim | None, IdempotencyStart]:
-    """``begin`` for async code."""
-    token = secrets.token_hex(8)
-    try:
-        start = await runtime.async_.idempotency_begin(key, print_, token)
-    except StoreUnavailable as exc:
-        return _unguarded(runtime, name, exc)
-    return _claimed(runtime, name, key, token, start)
-
-
-def _unguarded(runtime: _runtime.Runtime, name: str, exc: StoreUnavailable) -> tuple[None, IdempotencyStart]:
-    """The store is unavailable: fail closed (raise ``exc``), or run without the guarantee."""
-    if not runtime.settings.idempotency_fail_open:
-        raise exc
-    _logger.warning("idempotency for %r runs without its guarantee: the store is unavailable "
-                    "(BALDUR_IDEMPOTENCY_FAIL_OPEN=1)", name)
-    return None, IdempotencyStart(Verdict.RUN)
-
-
-def _claimed(runtime: _runtime.Runtime, name: str, key: str, token: str,
-             start: IdempotencyStart) -> tuple[Claim | None, IdempotencyStart]:
-    _start(start, name)
-    if start.verdict is Verdict.REPLAY:
-        _log.emit("idempotency.replayed", name)
-        return None, start
-    return Claim(runtime, key, token), start
-
-
 def encode_result(name: str, result: Any) -> str:
     """A function's result as stored for replay: JSON, never pickle."""
     try:
@@ -197,67 +190,87 @@ def decode_result(stored: str | None) -> Any:
     return None if stored is None else json.loads(stored)["result"]
 
 
-def idempotent_sync(func: Callable[..., Any], name: str, key_of: Callable[..., str | None]) -> Callable[..., Any]:
-    """Outermost step of a sync pipeline: replay, refuse, or run and store."""
+class Idempotent:
+    """The outermost step of a pipeline with ``idempotency_key``: replay, refuse, or run
+    ``func`` and store its (JSON) result. ``face`` gives its sync or async driver."""
 
-    def call(*args: Any, **kwargs: Any) -> Any:
-        runtime = _runtime._current or _runtime.current()
-        given = key_of(*args, **kwargs)
-        if given is None:  # no key for this call: no guarantee, as without idempotency_key
-            return func(*args, **kwargs)
-        key = f"fn:{name}:{given}"
-        claim, start = begin(runtime, name, key, "")
-        if start.verdict is Verdict.REPLAY:
-            return decode_result(start.result)
-        if claim is None:
-            return func(*args, **kwargs)
-        token = fell_back.set(None)
-        try:
-            result = func(*args, **kwargs)
-            stored = None if fell_back.get() == name else encode_result(name, result)
-        except BaseException:
-            claim.abort()
-            raise
-        finally:
-            fell_back.reset(token)
-        if stored is None:
-            claim.abort()  # a fallback's answer is not the call's result
-        else:
-            claim.complete(stored)
-        return result
+    __slots__ = ("func", "key_of", "name")
 
-    return call
+    def __init__(self, func: Callable[..., Any], name: str, key_of: Callable[..., str | None]) -> None:
+        self.func, self.name, self.key_of = func, name, key_of
 
+    def face(self, is_async: bool) -> Callable[..., Any]:
+        return self._async_face() if is_async else self._sync_face()
 
-def idempotent_async(func: Callable[..., Awaitable[Any]], name: str,
-                     key_of: Callable[..., str | None]) -> Callable[..., Awaitable[Any]]:
-    """Outermost step of an async pipeline: replay, refuse, or run and store."""
-
-    async def call(*args: Any, **kwargs: Any) -> Any:
-        runtime = _runtime._current or _runtime.current()
-        given = key_of(*args, **kwargs)
+    def _claim(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Claim | None:
+        """The claim this call's key asks for; ``None``: no key, no guarantee (as without one)."""
+        given = self.key_of(*args, **kwargs)
         if given is None:
-            return await func(*args, **kwargs)
-        key = f"fn:{name}:{given}"
-        claim, start = await begin_async(runtime, name, key, "")
-        if start.verdict is Verdict.REPLAY:
-            return decode_result(start.result)
-        if claim is None:
-            return await func(*args, **kwargs)
-        token = fell_back.set(None)
-        try:
-            result = await func(*args, **kwargs)
-            stored = None if fell_back.get() == name else encode_result(name, result)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await claim.abort_async()
-            raise
-        finally:
-            fell_back.reset(token)
-        if stored is None:
-            await claim.abort_async()
-        else:
-            await claim.complete_async(stored)
-        return result
+            return None
+        return Claim(_runtime._current or _runtime.current(), self.name, f"fn:{self.name}:{given}", "")
 
-    return call
+    def _stored(self, result: Any) -> str | None:
+        """What to store for ``result``: nothing for a fallback's answer, which is not the call's."""
+        return None if fell_back.get() == self.name else encode_result(self.name, result)
+
+    def _sync_face(self) -> Callable[..., Any]:
+        func = self.func
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            claim = self._claim(args, kwargs)
+            if claim is None:
+                return func(*args, **kwargs)
+            start = claim.begin()
+            if not claim.held:
+                return func(*args, **kwargs) if start.verdict is Verdict.RUN else decode_result(start.result)
+            mark = fell_back.set(None)
+            try:
+                result = func(*args, **kwargs)
+                stored = self._stored(result)
+            except BaseException:
+                claim.abort()
+                raise
+            finally:
+                fell_back.reset(mark)
+            if stored is None:
+                claim.abort()
+            else:
+                claim.complete(stored)
+            return result
+
+        return call
+
+    def _async_face(self) -> Callable[..., Any]:
+        func = self.func
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            claim = self._claim(args, kwargs)
+            if claim is None:
+                return await func(*args, **kwargs)
+            start = await claim.begin_async()
+            if not claim.held:
+                return await func(*args, **kwargs) if start.verdict is Verdict.RUN else decode_result(start.result)
+            mark = fell_back.set(None)
+            try:
+                result = await func(*args, **kwargs)
+                stored = self._stored(result)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await claim.abort_async()
+                raise
+            finally:
+                fell_back.reset(mark)
+            if stored is None:
+                await claim.abort_async()
+            else:
+                await claim.complete_async(stored)
+            return result
+
+        return call
+
+
+def answered_by_fallback(name: str, fallback: Callable[[Exception], R], exc: BaseException) -> R:
+    """``fallback(exc)``, marked: the idempotent call ``name`` answered with its fallback, so its
+    answer is not stored for replay (a call that ran ``name`` inside its body still is)."""
+    fell_back.set(name)
+    return fallback(cast(Exception, exc))

@@ -33,7 +33,7 @@ EVENTS = {
     "store.recovered": "baldur.store",
     "idempotency.replayed": "baldur.idempotency",
     "idempotency.conflict": "baldur.idempotency",
-    "runtime.shared_state": "baldur.runtime",
+    "store.per_process": "baldur.store",
 }
 _FOLD_SECONDS = 1.0
 _FOLD_MAX_KEYS = 10_000

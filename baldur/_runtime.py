@@ -35,8 +35,6 @@ class Runtime:
     default_breaker: Breaker
     #: State is shared between processes (Redis), not per process (memory).
     shared: bool
-    #: The process that built the runtime (a different ``os.getpid()`` means we were forked).
-    pid: int
 
 
 _lock = threading.RLock()
@@ -76,12 +74,12 @@ def _build(settings: Settings) -> Runtime:
         shared = RedisStore(settings.redis_url, redacted_url=settings.redacted_redis_url() or "",
                             prefix=settings.key_prefix, timeout=settings.redis_timeout_ms / 1000.0,
                             max_keys=settings.memory_max_keys)
-        return Runtime(settings, SyncOverAsync(shared), shared, settings.default_breaker(), True, os.getpid())
+        return Runtime(settings, SyncOverAsync(shared), shared, settings.default_breaker(), True)
     if settings.require_shared_store:
         raise ConfigError("BALDUR_REQUIRE_SHARED_STORE", "1", "BALDUR_REDIS_URL=redis://localhost:6379/0",
                           "a shared store is required but BALDUR_REDIS_URL is not set")
     store = MemoryStore(max_keys=settings.memory_max_keys)
-    runtime = Runtime(settings, store, AsyncOverSync(store), settings.default_breaker(), False, os.getpid())
+    runtime = Runtime(settings, store, AsyncOverSync(store), settings.default_breaker(), False)
     warn_if_per_process(runtime.shared, forked=False)
     return runtime
 

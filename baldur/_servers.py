@@ -13,9 +13,11 @@ import os
 import sys
 from types import FrameType
 
+from baldur._log import EVENTS
+
 __all__ = ["server_workers", "warn_if_per_process"]
 
-_log = logging.getLogger("baldur.store")
+_log = logging.getLogger(EVENTS["store.per_process"])
 
 
 def server_workers() -> tuple[str, int, bool] | None:

@@ -22,7 +22,7 @@ from baldur._config import ENV_NAMES, Settings, load_settings
 from baldur.errors import ConfigError
 from baldur.policies.rate_limit import RateLimit
 
-#: The variables of DESIGN.md §6, in its order.
+#: The variables of the design's configuration table (docs/configuration.md), in its order.
 DESIGN_VARIABLES = (
     "BALDUR_REDIS_URL",
     "BALDUR_LOG_LEVEL",
@@ -44,7 +44,7 @@ DESIGN_VARIABLES = (
     "BALDUR_MEMORY_MAX_KEYS",
     "BALDUR_REQUIRE_SHARED_STORE",
 )
-#: Settings the issues added beyond DESIGN.md §6 (issue 5: idempotency).
+#: Settings added beyond the design's table (issue 5: idempotency).
 EXTRA_VARIABLES = ("BALDUR_IDEMPOTENCY_FAIL_OPEN", "BALDUR_IDEMPOTENCY_MAX_BYTES")
 
 BAD_ENV: dict[str, tuple[str, ...]] = {
@@ -105,7 +105,9 @@ def test_defaults_are_those_of_the_design() -> None:
     assert s.redis_timeout_ms == 100.0
     assert s.memory_max_keys == 100_000
     assert s.require_shared_store is False
-    assert s.default_breaker() == baldur.Breaker()
+    assert s.default_breaker() == baldur.Breaker(failure_rate=0.5, min_calls=10, window=30, consecutive_failures=5,
+                                                 open_for=30, half_open_calls=3)
+    assert baldur.Breaker().inherit(s.default_breaker()) == s.default_breaker()  # the signature shows these
 
 
 @pytest.mark.parametrize(("name", "value"), BAD_ENV_CASES, ids=[f"{n}={v!r}" for n, v in BAD_ENV_CASES])

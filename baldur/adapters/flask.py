@@ -28,10 +28,11 @@ from flask import Flask, Request, Response, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import ClosingIterator
 
-from baldur import _log, _pipeline, _runtime
+from baldur import _log, _runtime
 from baldur._config import _parse_one
-from baldur._idempotency import Claim, begin, fingerprint
-from baldur._pipeline import Protection, WebCall, web_call
+from baldur._idempotency import Claim, fingerprint
+from baldur._protection import Protection
+from baldur.adapters import _web
 from baldur.adapters._http import (
     bad_request,
     client_address,
@@ -40,6 +41,7 @@ from baldur.adapters._http import (
     queue_seconds,
     ratelimit_headers,
 )
+from baldur.adapters._web import WebCall, web_call
 from baldur.errors import (
     BaldurError,
     CallTimeout,
@@ -61,7 +63,6 @@ __all__ = ["init_flask"]
 _EXTENSION = "baldur"
 #: Where the hooks keep their per-request state (in the WSGI environ: cheaper than flask.g).
 _STATE = "baldur.request"
-_UNSET: Any = object()
 _logger = logging.getLogger("baldur.idempotency")
 
 
@@ -172,7 +173,7 @@ def init_flask(
     runtime = _runtime.current()
     options = _Options(app, runtime, rate_limit, max_concurrency, key_func, trust_proxy, idempotency)
     app.extensions[_EXTENSION] = options
-    _pipeline.web_hooks_installed = True
+    _web.install()
     app.wsgi_app = _Middleware(app, app.wsgi_app, options)  # type: ignore[method-assign]
     # Outermost first: idempotency, then the per-client rate limit (then the view's own admission).
     if options.idempotency != "off":
@@ -372,8 +373,9 @@ def _idempotency_begin(options: _Options) -> Response | None:
     scope = "http:" + fingerprint(state.client_key(), req.method, rule, key)
     body_print = fingerprint(req.method, req.path, req.query_string, req.get_data(cache=True))
     runtime = _runtime._current or _runtime.current()
+    claim = Claim(runtime, req.endpoint or rule, scope, body_print)
     try:
-        claim, start = begin(runtime, req.endpoint or rule, scope, body_print)
+        start = claim.begin()
     except (Rejected, IdempotencyMismatch, StoreUnavailable) as exc:
         return _answer_error(exc)
     if start.verdict is Verdict.REPLAY and start.result is not None:
@@ -382,7 +384,7 @@ def _idempotency_begin(options: _Options) -> Response | None:
         replay = Response(base64.b64decode(stored["body"]), status=stored["status"], headers=stored["headers"])
         replay.headers["Idempotent-Replayed"] = "true"
         return replay
-    state.idempotency_claim = claim
+    state.idempotency_claim = claim if claim.held else None
     return None
 
 

@@ -110,6 +110,28 @@ def _exception_types(field_name: str, value: object, example: str) -> tuple[type
     return types
 
 
+class _NotGiven(float):
+    """A default in ``Breaker``'s signature: shows as its value, but marks the option as not given."""
+
+
+class _NotGivenCount(int):
+    """``_NotGiven`` for whole numbers."""
+
+
+_NOT_GIVEN_RATE: float = _NotGiven(0.5)
+_NOT_GIVEN_MIN_CALLS: int = _NotGivenCount(10)
+_NOT_GIVEN_WINDOW: float = _NotGiven(30.0)
+_NOT_GIVEN_CONSECUTIVE: int = _NotGivenCount(5)
+_NOT_GIVEN_OPEN_FOR: float = _NotGiven(30.0)
+_NOT_GIVEN_HALF_OPEN_CALLS: int = _NotGivenCount(3)
+
+
+_OPTION_NAMES = ("failure_rate", "min_calls", "window", "consecutive_failures", "open_for", "half_open_calls",
+                 "slow_call", "failure_on", "ignore")
+#: What ``repr`` leaves out: options given with the value they would have had anyway.
+_DEFAULTS: dict[str, object] = {"slow_call": None, "failure_on": (Exception,), "ignore": ()}
+
+
 @dataclass(frozen=True, slots=True, init=False)
 class Breaker:
     """Options of a circuit breaker; every field is checked when it is built.
@@ -122,7 +144,9 @@ class Breaker:
     slower than ``slow_call`` seconds counts as a failure. Exceptions that are
     instances of ``failure_on`` and not of ``ignore`` are failures; others pass
     through without counting. ``failure_rate=None`` or
-    ``consecutive_failures=None`` switches that rule off.
+    ``consecutive_failures=None`` switches that rule off. An option that is
+    not given takes its value from the runtime's ``BALDUR_BREAKER_*``
+    settings (the signature shows their defaults).
     """
 
     failure_rate: float | None
@@ -134,15 +158,18 @@ class Breaker:
     slow_call: float | None
     failure_on: tuple[type[BaseException], ...]
     ignore: tuple[type[BaseException], ...]
+    #: The options left at their default: ``inherit`` takes them from the runtime's
+    #: ``BALDUR_BREAKER_*`` settings.
+    unset: frozenset[str]
 
     def __init__(
         self,
-        failure_rate: float | None = 0.5,
-        min_calls: int = 10,
-        window: float = 30.0,
-        consecutive_failures: int | None = 5,
-        open_for: float = 30.0,
-        half_open_calls: int = 3,
+        failure_rate: float | None = _NOT_GIVEN_RATE,
+        min_calls: int = _NOT_GIVEN_MIN_CALLS,
+        window: float = _NOT_GIVEN_WINDOW,
+        consecutive_failures: int | None = _NOT_GIVEN_CONSECUTIVE,
+        open_for: float = _NOT_GIVEN_OPEN_FOR,
+        half_open_calls: int = _NOT_GIVEN_HALF_OPEN_CALLS,
         slow_call: float | None = None,
         failure_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
         ignore: type[BaseException] | tuple[type[BaseException], ...] = (),
@@ -166,14 +193,30 @@ class Breaker:
                None, "Breaker(failure_rate=0.5)", "at least one opening rule must be on")
         set_ = object.__setattr__
         set_(self, "failure_rate", None if failure_rate is None else float(failure_rate))
-        set_(self, "min_calls", min_calls)
+        set_(self, "min_calls", int(min_calls))
         set_(self, "window", float(window))
-        set_(self, "consecutive_failures", consecutive_failures)
+        set_(self, "consecutive_failures", None if consecutive_failures is None else int(consecutive_failures))
         set_(self, "open_for", float(open_for))
-        set_(self, "half_open_calls", half_open_calls)
+        set_(self, "half_open_calls", int(half_open_calls))
         set_(self, "slow_call", None if slow_call is None else float(slow_call))
         set_(self, "failure_on", _exception_types("failure_on", failure_on, "Breaker(failure_on=(OSError,))"))
         set_(self, "ignore", _exception_types("ignore", ignore, "Breaker(ignore=(ValueError,))"))
+        set_(self, "unset", frozenset(name for name, value in (
+            ("failure_rate", failure_rate), ("min_calls", min_calls), ("window", window),
+            ("consecutive_failures", consecutive_failures), ("open_for", open_for),
+            ("half_open_calls", half_open_calls)) if type(value) is _NotGiven or type(value) is _NotGivenCount))
+
+    def inherit(self, defaults: Breaker) -> Breaker:
+        """These options, with every one that was not given taken from ``defaults``."""
+        if not self.unset:
+            return self
+        return Breaker(**{name: getattr(defaults if name in self.unset else self, name) for name in _OPTION_NAMES})
+
+    def __repr__(self) -> str:
+        defaults = _DEFAULTS
+        given = [f"{name}={getattr(self, name)!r}" for name in _OPTION_NAMES
+                 if name not in self.unset and getattr(self, name) != defaults.get(name)]
+        return f"Breaker({', '.join(given)})"
 
     def classify(self, exc: BaseException) -> Outcome:
         """Whether an exception raised by the call is a failure for this breaker."""

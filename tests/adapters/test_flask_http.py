@@ -1,4 +1,4 @@
-"""The HTTP answers of the Flask adapter (DESIGN.md §5), for sync and ``async def`` views.
+"""The HTTP answers of the Flask adapter (docs/getting-started/flask.md), for sync and ``async def`` views.
 
 Header values are checked exactly. The expected ``RateLimit`` values come from the
 GCRA definitions (REFERENCES.md) and the draft's: ``r`` is the quota left after this

@@ -1,4 +1,4 @@
-"""``Idempotency-Key`` on Flask (DESIGN.md §5, docs/idempotency.md), through the test client.
+"""``Idempotency-Key`` on Flask (docs/idempotency.md), through the test client.
 
 The first request with a key runs; a retry gets the stored response byte for byte with
 ``Idempotent-Replayed: true`` (2xx, 4xx and 5xx alike, never ``Set-Cookie``); a duplicate

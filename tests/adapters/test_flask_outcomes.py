@@ -1,5 +1,5 @@
 """How a protected view's request ends for its breaker, and that every in-flight slot
-comes back, however the request ends (DESIGN.md §5, after_request/teardown)."""
+comes back, however the request ends (docs/getting-started/flask.md, after_request/teardown)."""
 
 from __future__ import annotations
 

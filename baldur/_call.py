@@ -1,0 +1,158 @@
+"""One call through a protection's pipeline: the control flow, written once.
+
+A ``Call`` is entered (admission: the web request's claim, then the store's
+one-step *admit* of rate limit, concurrency and breaker pre-flight) and left
+(the outcome classified, then recorded — or, for a web view, reported to the
+adapter, which records it once the response is sent). Leaving says whether
+the fallback answers instead of the exception.
+
+Like stamina's ``Attempt``, it has a sync face (``enter``, ``failed``,
+``succeeded``) and an async face (the same names with ``_async``); the faces
+differ only in how they reach the store. ``Lane`` (``baldur._protection``)
+has the same faces for the fast lane. The wrappers of ``protected`` and the
+two faces of ``guard`` (``baldur._api``) are thin drivers of these.
+"""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+
+from baldur import _runtime
+from baldur._protection import Protection, classify
+from baldur.adapters import _web
+from baldur.errors import Rejected
+from baldur.policies.breaker import Outcome
+from baldur.stores._types import ExtraLimit, Ticket
+
+__all__ = ["Call"]
+
+_SUCCESS = Outcome.SUCCESS
+_FAILURE = Outcome.FAILURE
+
+
+class Call:
+    """One call past the fast lane: admitted on entry, its outcome settled on exit."""
+
+    __slots__ = ("plan", "protection", "refusal", "runtime", "started", "ticket", "web")
+    #: Entering and leaving may ask the store (``Lane`` never does).
+    io = True
+
+    def __init__(self, protection: Protection, *, may_be_view: bool = True) -> None:
+        runtime = _runtime._current or _runtime.current()
+        self.protection = protection
+        self.runtime = runtime
+        self.plan = protection.plan(runtime)
+        web = _web.web_call.get() if may_be_view and _web.hooks_installed else None
+        #: The web request this call serves as its view (the adapter records the outcome).
+        self.web = web if web is not None and not web.entered and web.is_view(protection) else None
+        #: The store's proof of admission, for a call that records its own outcome.
+        self.ticket: Ticket | None = None
+        #: Why admission refused the call, and whether the fallback may answer it.
+        self.refusal: tuple[Rejected, bool] | None = None
+        self.started = 0.0
+
+    # -- the faces -----------------------------------------------------------
+
+    def enter(self) -> None:
+        """Admit the call, or raise the store's ``Rejected``."""
+        client, extra = self._admission()
+        try:
+            ticket = self.runtime.sync.admit(self.plan, client, extra)
+        except Rejected as exc:
+            self._refused(exc)
+            raise
+        self._admitted(ticket)
+
+    async def enter_async(self) -> None:
+        client, extra = self._admission()
+        try:
+            ticket = await self.runtime.async_.admit(self.plan, client, extra)
+        except Rejected as exc:
+            self._refused(exc)
+            raise
+        self._admitted(ticket)
+
+    def failed(self, exc: BaseException) -> bool:
+        """The call (or its admission) raised ``exc``: settle it; ``True`` if a fallback may answer."""
+        outcome = self._failure(exc)
+        if isinstance(outcome, bool):
+            return outcome
+        assert self.ticket is not None
+        self.runtime.sync.finish(self.ticket, outcome)
+        return outcome is _FAILURE
+
+    async def failed_async(self, exc: BaseException) -> bool:
+        outcome = self._failure(exc)
+        if isinstance(outcome, bool):
+            return outcome
+        assert self.ticket is not None
+        with anyio.CancelScope(shield=True):  # a cancelled call still gives back what it holds
+            await self.runtime.async_.finish(self.ticket, outcome)
+        return outcome is _FAILURE
+
+    def succeeded(self, result: object) -> None:
+        """The call returned ``result``: settle it."""
+        if self._success(result):
+            assert self.ticket is not None
+            self.runtime.sync.finish(self.ticket, self._timed())
+            self.protection.refresh_lane(self.runtime, self.plan)
+
+    async def succeeded_async(self, result: object) -> None:
+        if self._success(result):
+            assert self.ticket is not None
+            await self.runtime.async_.finish(self.ticket, self._timed())
+            self.protection.refresh_lane(self.runtime, self.plan)
+
+    # -- the one control flow the faces share --------------------------------
+
+    def _admission(self) -> tuple[str | None, ExtraLimit | None]:
+        """(client key, the adapter's own limit) to admit with: a view's request claims both."""
+        web = self.web
+        if web is None:
+            return None, None
+        return web.claim(self.plan), web.extra
+
+    def _admitted(self, ticket: Ticket) -> None:
+        if self.web is not None:
+            self.web.admitted(ticket, self.plan)
+        else:
+            self.ticket = ticket
+        breaker = self.plan.breaker
+        if self.web is not None or (breaker is not None and breaker.slow_call is not None):
+            self.started = time.monotonic()
+
+    def _refused(self, exc: Rejected) -> None:
+        # The adapter's own per-client limit is answered by the adapter, never by the view's fallback.
+        by_adapter = self.web is not None and self.web.refused(exc)
+        self.refusal = (exc, not by_adapter)
+
+    def _failure(self, exc: BaseException) -> Outcome | bool:
+        """The outcome to record for ``exc``, or, when there is nothing to record here,
+        whether a fallback may answer."""
+        refusal = self.refusal
+        if refusal is not None and refusal[0] is exc:
+            return refusal[1]
+        outcome = classify(exc, self.plan)
+        if self.web is not None:
+            self.web.ended(outcome, exc)
+            return outcome is _FAILURE
+        return outcome
+
+    def _success(self, result: object) -> bool:
+        """Report a view's success to its adapter; ``True`` when the outcome is recorded here."""
+        web = self.web
+        if web is None:
+            return True
+        breaker = self.plan.breaker
+        if breaker is not None and breaker.slow_call is not None:
+            web.ended(self._timed(), None)
+        web.returned(result)
+        return False
+
+    def _timed(self) -> Outcome:
+        """A success slower than the breaker's ``slow_call`` counts as a failure."""
+        breaker = self.plan.breaker
+        slow = None if breaker is None else breaker.slow_call
+        return _FAILURE if slow is not None and time.monotonic() - self.started > slow else _SUCCESS
