@@ -53,9 +53,10 @@ from baldur.errors import (
     StoreUnavailable,
 )
 from baldur.policies.breaker import Outcome
-from baldur.policies.concurrency import SHED_RETRY_AFTER, admits
+from baldur.policies.concurrency import admits
 from baldur.policies.idempotency import Verdict
 from baldur.policies.rate_limit import RateDecision, RateLimit
+from baldur.policies.shedding import AdaptiveLimit, QueueDelay
 from baldur.stores._types import ExtraLimit
 
 __all__ = ["init_flask"]
@@ -67,29 +68,52 @@ _logger = logging.getLogger("baldur.idempotency")
 
 
 class _InFlight:
-    """This process's requests in flight, against the backpressure ceiling."""
+    """This process's requests in flight, against the explicit ceiling and the adaptive limit."""
 
     def __init__(self, limit: int | None) -> None:
         self.limit = limit
         self.count = 0
+        self.adaptive = AdaptiveLimit()
         self._lock = threading.Lock()
 
     def enter(self) -> bool:
         with self._lock:
-            if not admits(self.count, self.limit):
+            if not admits(self.count, self.limit) or not self.adaptive.admits(self.count):
                 return False
             self.count += 1
             return True
 
-    def leave(self) -> None:
+    def leave(self, latency: float) -> None:
         with self._lock:
+            self.adaptive.observe(latency, self.count)
             self.count -= 1
+
+    def retry_after(self) -> float:
+        with self._lock:
+            return self.adaptive.retry_after()
+
+
+class _QueueShedder:
+    """CoDel on ``X-Request-Start`` queue delay, shared by this process's threads."""
+
+    def __init__(self, ceiling: float | None) -> None:
+        self.policy = QueueDelay(ceiling=ceiling)
+        self._lock = threading.Lock()
+
+    def admits(self, now: float, waited: float) -> tuple[bool, float]:
+        """Whether a request that waited ``waited`` runs, and the Retry-After if it does not."""
+        with self._lock:
+            if self.policy.admits(now, waited):
+                return True, 0.0
+            return False, self.policy.retry_after(now)
 
 
 class _Request(WebCall):
     """One request through the app: what the WSGI layer and the hooks remember."""
 
     in_flight = False
+    #: When the request entered the in-flight count (monotonic), for the adaptive limit.
+    admitted_at = 0.0
     client = ""
     #: The Idempotency-Key this request claimed, until its response is stored (or not).
     idempotency_claim: Claim | None = None
@@ -196,21 +220,25 @@ class _Middleware:
         self.app = app
         self.wsgi_app = wsgi_app
         self.options = options
+        self.queue = _QueueShedder(options.max_queue)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         options = self.options
-        if options.max_queue is not None:
-            started = environ.get("HTTP_X_REQUEST_START")
-            waited = None if started is None else queue_seconds(started, time.time())
-            if waited is not None and waited > options.max_queue:
-                _log.emit("backpressure.shed", "queue", waited_ms=round(waited * 1000))
-                return _shed(environ, start_response)
+        started = environ.get("HTTP_X_REQUEST_START")
+        if started is not None:
+            now = time.time()
+            waited = queue_seconds(started, now)
+            if waited is not None:
+                runs, retry_after = self.queue.admits(now, waited)
+                if not runs:
+                    _log.emit("backpressure.shed", "queue", waited_ms=round(waited * 1000))
+                    return _shed(environ, start_response, retry_after)
         state = _Request(self.app, options)
-        if options.max_concurrency is not None:
-            if not options.in_flight.enter():
-                _log.emit("backpressure.shed", "in_flight", limit=options.max_concurrency)
-                return _shed(environ, start_response)
-            state.in_flight = True
+        if not options.in_flight.enter():
+            _log.emit("backpressure.shed", "in_flight", limit=options.max_concurrency)
+            return _shed(environ, start_response, options.in_flight.retry_after())
+        state.in_flight = True
+        state.admitted_at = time.monotonic()
         environ[_STATE] = state
         state.token = web_call.set(state)
 
@@ -226,7 +254,7 @@ class _Middleware:
             state.status = 500
             _settle(state, options)
             raise
-        if state.status and not state.streamed and (state.ticket is not None or not state.in_flight):
+        if state.status and not state.streamed and (state.ticket is not None or options.max_concurrency is None):
             # The view is done and the status known (a buffered body, a file): settle now,
             # and hand the body on untouched (a file keeps the server's zero-copy path).
             _settle(state, options)
@@ -264,8 +292,8 @@ class _Settling:
             _settle(self.state, self.options)
 
 
-def _shed(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    status, headers, body = problem(Overloaded("server", SHED_RETRY_AFTER), environ.get("PATH_INFO"))
+def _shed(environ: dict[str, Any], start_response: Callable[..., Any], retry_after: float) -> Iterable[bytes]:
+    status, headers, body = problem(Overloaded("server", retry_after), environ.get("PATH_INFO"))
     response = Response(body, status=status, headers=headers)
     return response(environ, start_response)
 
@@ -291,7 +319,7 @@ def _settle(state: _Request, options: _Options) -> None:
             except ValueError:  # settled in another context than the one it was set in
                 web_call.set(None)
         if state.in_flight:
-            options.in_flight.leave()
+            options.in_flight.leave(time.monotonic() - state.admitted_at)
 
 
 def _respond(answer: tuple[int, dict[str, str], bytes]) -> Response:

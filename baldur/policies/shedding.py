@@ -1,0 +1,162 @@
+"""Adaptive load shedding: when to refuse a request so that the rest stay fast.
+
+Pure rules: time and observations in, decision out; the caller holds the lock.
+
+Two signals, used when the server lets Baldur see them:
+
+* **Queue delay** (``X-Request-Start`` from a proxy): CoDel as Facebook's
+  "Fail at Scale" applies it to server queues. The queue is *overloaded* when
+  the smallest delay seen over a whole ``interval`` stayed above ``target``
+  (a standing queue, not a burst). While it is, a request that already waited
+  longer than ``target`` is shed; otherwise none is (but past the explicit
+  ceiling). A healthy server drains its bursts within an interval, so its
+  minimum delay drops to near zero and nothing is shed.
+* **In-flight limit from latency** (no header needed): Netflix's Gradient2.
+  The limit follows ``limit × min(1, tolerance × long-term latency / recent
+  latency)`` plus a little headroom, so it shrinks only when requests take
+  longer than ``tolerance`` times their usual time, and grows back when they
+  do not. A steady app, however slow its views, keeps a limit far above what
+  it uses and never sheds.
+
+Priorities: a *critical* request is shed only by the explicit ceilings, a
+*sheddable* one past ``interval`` even without a standing queue, past half
+the target with one, and against half the in-flight limit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+
+__all__ = ["AdaptiveLimit", "Priority", "QueueDelay", "parse_priority"]
+
+
+class Priority(Enum):
+    """How early a request is shed under overload."""
+
+    CRITICAL = "critical"
+    NORMAL = "normal"
+    SHEDDABLE = "sheddable"
+
+
+def parse_priority(value: object) -> Priority:
+    """``"critical"``, ``"normal"`` or ``"sheddable"`` (or a :class:`Priority`)."""
+    from baldur.errors import ConfigError
+
+    if isinstance(value, Priority):
+        return value
+    for priority in Priority:
+        if value == priority.value:
+            return priority
+    raise ConfigError("priority", value, 'priority="critical"', "one of critical, normal, sheddable")
+
+
+#: The longest Retry-After a shed request is told: past it, a client is better off failing over.
+MAX_RETRY_AFTER = 30.0
+
+
+@dataclass
+class QueueDelay:
+    """CoDel on the queue delay a proxy stamps; ``ceiling`` is ``BALDUR_MAX_QUEUE_MS`` (always applies).
+
+    The delay judged is the excess over the smallest delay seen in the last
+    ``skew_horizon`` to twice that: a proxy whose clock runs behind the app's
+    makes every request look older by a constant, which is not a queue.
+    """
+
+    target: float = 0.010
+    interval: float = 0.100
+    ceiling: float | None = 10.0
+    skew_horizon: float = 30.0
+    #: When the current observation window started, and the smallest excess delay seen in it.
+    window_start: float = -math.inf
+    window_min: float = math.inf
+    overloaded: bool = False
+    #: Since when the queue has been overloaded without a break (for Retry-After).
+    overloaded_since: float = math.inf
+    #: The smallest delay seen in this skew epoch and in the one before.
+    floor_epoch_start: float = -math.inf
+    floor_now: float = math.inf
+    floor_before: float = math.inf
+
+    def admits(self, now: float, waited: float, priority: Priority = Priority.NORMAL) -> bool:
+        """Record that a request waited ``waited`` seconds and decide whether it runs."""
+        if now - self.floor_epoch_start >= self.skew_horizon:
+            self.floor_epoch_start, self.floor_before, self.floor_now = now, self.floor_now, math.inf
+        self.floor_now = min(self.floor_now, waited)
+        excess = waited - min(self.floor_now, self.floor_before)
+        if now - self.window_start >= self.interval:
+            was = self.overloaded
+            # A window with no request in it says nothing about a standing queue.
+            self.overloaded = self.window_min > self.target and self.window_min != math.inf
+            if self.overloaded and not was:
+                self.overloaded_since = now
+            elif not self.overloaded:
+                self.overloaded_since = math.inf
+            self.window_start, self.window_min = now, math.inf
+        self.window_min = min(self.window_min, excess)
+        if self.ceiling is not None and waited > self.ceiling:
+            return False
+        if priority is Priority.CRITICAL:
+            return True
+        if priority is Priority.SHEDDABLE:
+            return excess <= (self.target / 2 if self.overloaded else self.interval)
+        return not self.overloaded or excess <= self.target
+
+    def retry_after(self, now: float) -> float:
+        """Seconds a shed client should wait: the longer the overload has lasted, the longer."""
+        lasted = max(0.0, now - self.overloaded_since) if self.overloaded else 0.0
+        return min(MAX_RETRY_AFTER, max(1.0, 2 * lasted))
+
+
+@dataclass
+class AdaptiveLimit:
+    """A per-process in-flight limit from observed latency (Gradient2, simplified)."""
+
+    limit: float = 1000.0
+    min_limit: float = 8.0
+    max_limit: float = 1000.0
+    tolerance: float = 2.0
+    #: Smoothing factors of the recent and the long-term latency averages.
+    short_weight: float = 0.1
+    long_weight: float = 0.01
+    short_latency: float = 0.0
+    long_latency: float = 0.0
+    samples: int = 0
+    #: Observations before the limit may move: the averages must mean something first.
+    warmup: int = 20
+
+    def observe(self, latency: float, in_flight: int) -> None:
+        """Record one finished request's latency, taken with ``in_flight`` requests running."""
+        if not math.isfinite(latency) or latency < 0:
+            return
+        self.samples += 1
+        if self.samples == 1:
+            self.short_latency = self.long_latency = latency
+            return
+        self.short_latency += self.short_weight * (latency - self.short_latency)
+        # Under overload the usual latency follows only slowly, so that a sustained
+        # overload does not become the new normal (Gradient2's drift).
+        settled = self.short_latency <= self.tolerance * self.long_latency
+        weight = self.long_weight if settled else self.long_weight / 10
+        self.long_latency += weight * (latency - self.long_latency)
+        if self.samples < self.warmup or self.short_latency <= 0:
+            return
+        gradient = max(0.5, min(1.0, self.tolerance * self.long_latency / self.short_latency))
+        if gradient >= 1.0 and in_flight < self.limit / 2:
+            return  # the app does not use its limit: no evidence it could take more
+        headroom = math.sqrt(self.limit)
+        wanted = self.limit * gradient + headroom
+        self.limit = min(self.max_limit, max(self.min_limit, 0.8 * self.limit + 0.2 * wanted))
+
+    def admits(self, in_flight: int, priority: Priority = Priority.NORMAL) -> bool:
+        """One more request may start while ``in_flight`` run."""
+        if priority is Priority.CRITICAL:
+            return True
+        limit = self.limit / 2 if priority is Priority.SHEDDABLE else self.limit
+        return in_flight < max(1.0, limit)
+
+    def retry_after(self) -> float:
+        """Seconds a shed client should wait: about the time the running requests take to drain."""
+        return min(MAX_RETRY_AFTER, max(1.0, math.ceil(self.short_latency * 2)))
