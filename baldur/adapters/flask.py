@@ -100,10 +100,10 @@ class _QueueShedder:
         self.policy = QueueDelay(ceiling=ceiling)
         self._lock = threading.Lock()
 
-    def admits(self, now: float, waited: float) -> tuple[bool, float]:
+    def admits(self, now: float, waited: float, service_time: float) -> tuple[bool, float]:
         """Whether a request that waited ``waited`` runs, and the Retry-After if it does not."""
         with self._lock:
-            if self.policy.admits(now, waited):
+            if self.policy.admits(now, waited, service_time=service_time):
                 return True, 0.0
             return False, self.policy.retry_after(now)
 
@@ -229,7 +229,7 @@ class _Middleware:
             now = time.time()
             waited = queue_seconds(started, now)
             if waited is not None:
-                runs, retry_after = self.queue.admits(now, waited)
+                runs, retry_after = self.queue.admits(now, waited, options.in_flight.adaptive.long_latency)
                 if not runs:
                     _log.emit("backpressure.shed", "queue", waited_ms=round(waited * 1000))
                     return _shed(environ, start_response, retry_after)

@@ -80,16 +80,26 @@ class QueueDelay:
     floor_now: float = math.inf
     floor_before: float = math.inf
 
-    def admits(self, now: float, waited: float, priority: Priority = Priority.NORMAL) -> bool:
-        """Record that a request waited ``waited`` seconds and decide whether it runs."""
+    def admits(self, now: float, waited: float, priority: Priority = Priority.NORMAL,
+               service_time: float = 0.0) -> bool:
+        """Record that a request waited ``waited`` seconds and decide whether it runs.
+
+        ``service_time`` is how long a request usually takes once running: the
+        target is at least half of it and the interval at least twice it, since
+        a queue shorter than one service time costs a request less than being
+        shed costs it (and leaves the workers idle once the queue empties).
+        """
+        service_time = service_time if math.isfinite(service_time) and service_time > 0 else 0.0
+        target = max(self.target, service_time / 2)
+        interval = max(self.interval, 2 * service_time)
         if now - self.floor_epoch_start >= self.skew_horizon:
             self.floor_epoch_start, self.floor_before, self.floor_now = now, self.floor_now, math.inf
         self.floor_now = min(self.floor_now, waited)
         excess = waited - min(self.floor_now, self.floor_before)
-        if now - self.window_start >= self.interval:
+        if now - self.window_start >= interval:
             was = self.overloaded
             # A window with no request in it says nothing about a standing queue.
-            self.overloaded = self.window_min > self.target and self.window_min != math.inf
+            self.overloaded = self.window_min > target and self.window_min != math.inf
             if self.overloaded and not was:
                 self.overloaded_since = now
             elif not self.overloaded:
@@ -101,8 +111,8 @@ class QueueDelay:
         if priority is Priority.CRITICAL:
             return True
         if priority is Priority.SHEDDABLE:
-            return excess <= (self.target / 2 if self.overloaded else self.interval)
-        return not self.overloaded or excess <= self.target
+            return excess <= (target / 2 if self.overloaded else interval)
+        return not self.overloaded or excess <= target
 
     def retry_after(self, now: float) -> float:
         """Seconds a shed client should wait: the longer the overload has lasted, the longer."""

@@ -140,3 +140,15 @@ def test_priorities_by_name(name: str) -> None:
 def test_an_unknown_priority_is_a_config_error(value: object) -> None:
     with pytest.raises(ConfigError, match='priority="critical"'):
         parse_priority(value)
+
+
+@given(service=st.floats(0.02, 2.0, allow_nan=False), share=st.floats(0, 0.5, allow_nan=False),
+       requests=st.integers(1, 500))
+@settings(max_examples=100, deadline=None)
+def test_a_queue_shorter_than_half_a_service_time_is_never_shed(service: float, share: float, requests: int) -> None:
+    policy = QueueDelay()
+    now = 1000.0
+    policy.admits(now, 0.0, service_time=service)
+    for _ in range(requests):
+        now += 0.01
+        assert policy.admits(now, service * share, service_time=service)
