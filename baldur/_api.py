@@ -30,6 +30,7 @@ from baldur.errors import CallTimeout, ConfigError
 from baldur.policies.breaker import Breaker, State
 from baldur.policies.rate_limit import RateLimit
 from baldur.policies.retry import Retry, next_delay
+from baldur.policies.shedding import parse_priority
 
 __all__ = ["BreakerHandle", "breaker", "guard", "protected"]
 
@@ -48,6 +49,7 @@ def protected(
     retry: Retry | None = None,
     fallback: Callable[[Exception], Any] | None = None,
     idempotency_key: str | Callable[..., Any] | None = None,
+    priority: str = "normal",
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Run a sync or async callable (or a Flask view) through Baldur's pipeline.
 
@@ -61,8 +63,10 @@ def protected(
     a failure. ``idempotency_key`` (an argument's name, or a callable over
     the arguments) makes the call exactly-once per key: a repeat of a
     completed call returns the stored (JSON) result, a repeat of a running
-    one raises ``IdempotencyConflict``.
+    one raises ``IdempotencyConflict``. ``priority`` (a web view's, under
+    load shedding): ``"critical"`` is shed last, ``"sheddable"`` first.
     """
+    shed_priority = parse_priority(priority, f"protected({name!r}, priority=...)")
     options = CallOptions.check(name, breaker, rate_limit, max_concurrency, timeout, retry, fallback)
     if idempotency_key is not None and not (isinstance(idempotency_key, str) or callable(idempotency_key)):
         raise ConfigError(f"protected({name!r}, idempotency_key=...)", idempotency_key,
@@ -85,6 +89,7 @@ def protected(
                 face_is_async)
         functools.update_wrapper(wrapper, func)
         wrapper.__baldur__ = protection  # type: ignore[union-attr]
+        wrapper.__baldur_priority__ = shed_priority  # type: ignore[union-attr]
         return cast(Callable[P, R], wrapper)
 
     return decorate

