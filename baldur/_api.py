@@ -105,7 +105,8 @@ def _sync_face(func: Callable[..., Any], protection: Protection) -> Callable[...
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         call = _lane_or_call(protection)
         try:
-            call.enter()
+            if call.io:  # the lane is admitted already
+                cast(Call, call).enter()
             result = inner(*args, **kwargs)
         except BaseException as exc:
             if not call.failed(exc) or fallback is None:
