@@ -25,7 +25,7 @@ import anyio
 from baldur import _log, _runtime
 from baldur.bridges import background
 from baldur.errors import IdempotencyConflict, IdempotencyMismatch, StoreUnavailable
-from baldur.policies.idempotency import LEASE_SECONDS, Verdict
+from baldur.policies.idempotency import CLAIM_LEASE_SECONDS, Verdict
 from baldur.stores._types import IdempotencyStart
 
 __all__ = ["Claim", "begin", "fell_back", "fingerprint"]
@@ -90,7 +90,7 @@ class Claim:
 
 def _unsettled(what: str, exc: StoreUnavailable) -> None:
     _logger.warning("an idempotent call's result may not be %s (%s); at worst its key stays in use until its "
-                    "lease lapses (%g s)", what, exc, LEASE_SECONDS)
+                    "lease lapses (%g s)", what, exc, CLAIM_LEASE_SECONDS)
 
 
 class _Held:
@@ -116,7 +116,7 @@ class _Held:
     async def _renew_forever(self) -> None:
         try:
             while True:
-                await anyio.sleep(LEASE_SECONDS / 3)
+                await anyio.sleep(CLAIM_LEASE_SECONDS / 3)
                 with self._lock:
                     claims = list(self._claims)
                     if not claims:
