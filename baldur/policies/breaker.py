@@ -340,6 +340,7 @@ def open_lane(s: BreakerState, now: float) -> State | None:
     meanwhile checks that again (``record``).
     """
     o = s.options
+    absorb(s)  # before ``lane_epoch`` moves on: late counts of a closed lane belong to its bucket
     transition = record(s, now, o, Outcome.SUCCESS, False)
     if s.state is State.CLOSED and (o.failure_rate is None or _lane_is_safe(o.failure_rate, o.min_calls,
                                                                           *s.window.totals(now))):

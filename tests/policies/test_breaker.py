@@ -364,6 +364,17 @@ def test_a_failure_closes_the_fast_lane_when_the_next_success_could_open_the_bre
     assert succeed_like_the_memory_store(s, 1.0) is State.OPEN
 
 
+def test_a_late_count_of_a_closed_lane_stays_in_the_lane_s_bucket() -> None:
+    o, s = fresh(failure_rate=0.5, min_calls=4, consecutive_failures=None, window=30.0)
+    assert succeed_like_the_memory_store(s, 1.0) is None  # the lane of bucket 0 (3 s wide)
+    assert run(s, o, 1.0, FAIL) is None
+    assert run(s, o, 1.0, FAIL) is None  # 2 of 3: the lane closes
+    next(s.lane_count)  # a thread that saw the lane open counts after it closed
+    assert succeed_like_the_memory_store(s, 31.0) is None  # bucket 10: bucket 0 has left the window
+    absorb(s)
+    assert s.window.totals(31.0) == (1, 0)
+
+
 def test_the_fast_lane_stays_shut_while_a_success_could_open_the_breaker() -> None:
     o, s = fresh(failure_rate=0.5, min_calls=4, consecutive_failures=None, window=30.0)
     for _ in range(2):
