@@ -342,8 +342,9 @@ def open_lane(s: BreakerState, now: float) -> State | None:
     o = s.options
     absorb(s)  # before ``lane_epoch`` moves on: late counts of a closed lane belong to its bucket
     transition = record(s, now, o, Outcome.SUCCESS, False)
-    if s.state is State.CLOSED and (o.failure_rate is None or _lane_is_safe(o.failure_rate, o.min_calls,
-                                                                          *s.window.totals(now))):
+    # ``lane_end`` ends the bucket only where int() floors: on clocks at or after 0, as monotonic clocks are.
+    if s.state is State.CLOSED and now >= 0.0 and (
+            o.failure_rate is None or _lane_is_safe(o.failure_rate, o.min_calls, *s.window.totals(now))):
         s.lane_epoch = int(now / s.window.width)
         s.lane_end = (s.lane_epoch + 1) * s.window.width
     return transition

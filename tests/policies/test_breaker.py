@@ -330,6 +330,21 @@ def test_opens_on_failure_rate_only_once_min_calls_were_seen() -> None:
     assert run(s, o, 5.0, OK) is State.OPEN  # 2 of 4: the rule is checked after a success too
 
 
+def test_machine_pinned_no_fast_lane_before_time_zero() -> None:
+    """Found by the machine: below 0, int() rounds up and a lane's end is not its bucket's end."""
+    machine = BreakerMachine()
+    machine.setup(options=Breaker(failure_rate=None, consecutive_failures=1, window=0.3), start=-40.0)
+    machine.call()
+    machine.succeed_on_the_lane()
+    machine.advance(kind="width", x=0.0)  # -39.97: the next bucket of int(now / width)
+    machine.call()
+    machine.succeed_on_the_lane()
+    machine.now += 0.27  # the first success's bucket leaves the window, the second's stays
+    machine.agrees_with_the_model()
+    assert machine.s.window.totals(machine.now) == (1, 0)
+    machine.teardown()
+
+
 @pytest.mark.parametrize("lane", [False, True], ids=["record", "fast-lane"])
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_the_failure_rate_is_checked_after_every_outcome(case: RuleCase, lane: bool) -> None:
