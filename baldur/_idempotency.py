@@ -25,7 +25,7 @@ import anyio
 from baldur import _log, _runtime
 from baldur.bridges import background
 from baldur.errors import IdempotencyConflict, IdempotencyMismatch, StoreUnavailable
-from baldur.policies.idempotency import LEASE_SECONDS, Verdict
+from baldur.policies.idempotency import CLAIM_LEASE_SECONDS, Verdict
 from baldur.stores._types import IdempotencyStart
 
 __all__ = ["Claim", "Idempotent", "answered_by_fallback", "decode_result", "encode_result", "fell_back", "fingerprint"]
@@ -133,7 +133,7 @@ class Claim:
 
 def _unsettled(what: str, exc: StoreUnavailable) -> None:
     _logger.warning("an idempotent call's result may not be %s (%s); at worst its key stays in use until its "
-                    "lease lapses (%g s)", what, exc, LEASE_SECONDS)
+                    "lease lapses (%g s)", what, exc, CLAIM_LEASE_SECONDS)
 
 
 class _Held:
@@ -159,7 +159,7 @@ class _Held:
     async def _renew_forever(self) -> None:
         try:
             while True:
-                await anyio.sleep(LEASE_SECONDS / 3)
+                await anyio.sleep(CLAIM_LEASE_SECONDS / 3)
                 with self._lock:
                     claims = list(self._claims)
                     if not claims:

@@ -18,24 +18,19 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from baldur import _log
-from baldur.errors import CircuitOpen, Overloaded, RateLimited, Rejected
 from baldur.policies import breaker as breaker_policy
 from baldur.policies import idempotency
 from baldur.policies.breaker import Breaker, BreakerState, Outcome, State
-from baldur.policies.concurrency import SHED_RETRY_AFTER, admits
+from baldur.policies.concurrency import admits
 from baldur.policies.idempotency import IdempotencyRecord, Verdict
 from baldur.policies.rate_limit import RateDecision, RateLimit, gcra
+from baldur.stores._decisions import Admission, announce_transition, rejection
 from baldur.stores._types import ExtraLimit, IdempotencyStart, Plan, Ticket
 
 __all__ = ["MemoryStore"]
 
 _CLOSED = State.CLOSED
 _SUCCESS = Outcome.SUCCESS
-_TRANSITION_EVENTS = {
-    State.OPEN: "circuit.opened",
-    State.HALF_OPEN: "circuit.half_open",
-    State.CLOSED: "circuit.closed",
-}
 
 
 class MemoryStore:
@@ -63,42 +58,41 @@ class MemoryStore:
                 return plan.plain_ticket
         now = self.clock()
         transition: State | None = None
-        rejection: Rejected | None = None
+        admission = Admission.ADMITTED
         decision = extra_decision = None
         holds_slot = trial = False
+        wait = 0.0
         with self._lock:
             if extra is not None:
                 extra_decision = self._rate(extra.key, extra.limit, now)
                 if not extra_decision.allowed:
-                    rejection = RateLimited(extra.policy, extra_decision.retry_after, limit=extra.limit,
-                                            decision=extra_decision)
-            if rejection is None and plan.rate_limit is not None:
+                    admission = Admission.EXTRA_RATE_LIMITED
+            if admission is Admission.ADMITTED and plan.rate_limit is not None:
                 key = plan.rate_key if client is None else f"{plan.rate_key}:{client}"
                 decision = self._rate(key, plan.rate_limit, now)
                 if not decision.allowed:
-                    rejection = RateLimited(plan.name, decision.retry_after, limit=plan.rate_limit,
-                                            decision=decision)
-            if rejection is None and plan.max_concurrency is not None:
+                    admission = Admission.RATE_LIMITED
+            if admission is Admission.ADMITTED and plan.max_concurrency is not None:
                 count: int = self._get(plan.concurrency_key, 0)  # type: ignore[assignment]
                 if admits(count, plan.max_concurrency):
                     self._put(plan.concurrency_key, count + 1)
                     holds_slot = True
                 else:
-                    rejection = Overloaded(plan.name, SHED_RETRY_AFTER)
-            if rejection is None and options is not None:
-                verdict = breaker_policy.preflight(self._breaker(plan.breaker_key, options), now, options)
-                transition = verdict.transition
-                trial = verdict.trial
-                if not verdict.admitted:
+                    admission = Admission.OVERLOADED
+            if admission is Admission.ADMITTED and options is not None:
+                flight = breaker_policy.preflight(self._breaker(plan.breaker_key, plan.name, options), now, options)
+                transition = flight.transition
+                trial = flight.trial
+                if not flight.admitted:
                     if holds_slot:
                         self._release(plan.concurrency_key)
-                    rejection = CircuitOpen(plan.name, verdict.retry_after)
-        self._announce(plan.name, transition)
-        if rejection is not None:
-            _announce_rejection(rejection, client)
-            if extra_decision is not None and extra_decision.allowed and isinstance(rejection, Rejected):
-                rejection.extra_rate = extra_decision
-            raise rejection
+                    admission = Admission.CIRCUIT_OPEN
+                    wait = flight.retry_after
+        if transition is not None:
+            announce_transition(plan.name, transition)
+        if admission is not Admission.ADMITTED:
+            raise rejection(admission, plan, client, decision=decision, extra=extra, extra_decision=extra_decision,
+                            retry_after=wait)
         if not trial and not holds_slot and decision is None and extra_decision is None:
             return plan.plain_ticket
         ticket = Ticket(plan, trial, holds_slot, decision)
@@ -124,17 +118,12 @@ class MemoryStore:
             if ticket.holds_slot:
                 self._release(plan.concurrency_key)
             if options is not None:
-                state = self._breaker(plan.breaker_key, options)
-                if outcome is _SUCCESS and state.state is _CLOSED and not ticket.trial:
-                    # The hot path, inlined from ``record``: a success while closed.
-                    state.consecutive_failures = 0
-                    state.window.add(now, False)
-                else:
-                    transition = breaker_policy.record(state, now, options, outcome, ticket.trial)
+                state = self._breaker(plan.breaker_key, plan.name, options)
+                transition = breaker_policy.record(state, now, options, outcome, ticket.trial)
         finally:
             lock.release()
         if transition is not None:
-            self._announce(plan.name, transition)
+            announce_transition(plan.name, transition)
 
     def fast_lane(self, plan: Plan) -> BreakerState | None:
         """The breaker state a caller may hold on to while it stays closed, or ``None``.
@@ -150,7 +139,7 @@ class MemoryStore:
         if options is None or plan.needs_lock or options.slow_call is not None:
             return None
         with self._lock:
-            state = self._breaker(plan.breaker_key, options)
+            state = self._breaker(plan.breaker_key, plan.name, options)
         return state if state.state is _CLOSED else None
 
     def succeed(self, state: BreakerState) -> None:
@@ -160,7 +149,9 @@ class MemoryStore:
             next(state.lane_count)  # no lock: see ``BreakerState.lane_count``
             return
         with self._lock:
-            breaker_policy.open_lane(state, now)
+            transition = breaker_policy.open_lane(state, now)
+        if transition is not None:
+            announce_transition(state.name, transition)
 
     def rate(self, key: str, limit: RateLimit) -> RateDecision:
         now = self.clock()
@@ -177,7 +168,7 @@ class MemoryStore:
 
     def force_breaker(self, name: str, options: Breaker, state: State) -> None:
         with self._lock:
-            breaker_policy.force(self._breaker(f"b:{name}", options), state)
+            breaker_policy.force(self._breaker(f"b:{name}", name, options), state)
         if state is _CLOSED:
             _log.emit("circuit.closed", name, forced=True)
 
@@ -186,7 +177,7 @@ class MemoryStore:
         with self._lock:
             record = self._idempotency_record(key)
             verdict, claim, retry_after = idempotency.begin(record, now, fingerprint, token,
-                                                            idempotency.LEASE_SECONDS)
+                                                            idempotency.CLAIM_LEASE_SECONDS)
             if claim is not None:
                 self._put(f"i:{key}", claim)
         result = record.result if verdict is Verdict.REPLAY and record is not None else None
@@ -200,7 +191,7 @@ class MemoryStore:
     def idempotency_renew(self, key: str, token: str) -> bool:
         now = self.clock()
         with self._lock:
-            return idempotency.renew(self._idempotency_record(key), now, token, idempotency.LEASE_SECONDS)
+            return idempotency.renew(self._idempotency_record(key), now, token, idempotency.CLAIM_LEASE_SECONDS)
 
     def idempotency_abort(self, key: str, token: str) -> None:
         now = self.clock()
@@ -226,10 +217,10 @@ class MemoryStore:
             self._put(key, new_tat)
         return decision
 
-    def _breaker(self, key: str, options: Breaker) -> BreakerState:
+    def _breaker(self, key: str, name: str, options: Breaker) -> BreakerState:
         state: BreakerState | None = self._keys.get(key)  # type: ignore[assignment]
         if state is None:
-            state = BreakerState.new(options)
+            state = BreakerState.new(options, name)
             self._put(key, state)
         else:
             self._keys.move_to_end(key)
@@ -273,11 +264,6 @@ class MemoryStore:
         if isinstance(count, int) and count > 0:
             self._keys[key] = count - 1
 
-    @staticmethod
-    def _announce(name: str, transition: State | None) -> None:
-        if transition is not None:
-            _log.emit(_TRANSITION_EVENTS[transition], name, state=str(transition))
-
 
 #: Every memory store of the process: a child after fork() gives each a fresh lock,
 #: since a thread of the parent (absent in the child) may have held it.
@@ -296,11 +282,3 @@ def _retire(value: object) -> None:
     """A breaker state that left the store must never read closed again (see ``fast_lane``)."""
     if isinstance(value, BreakerState):
         value.state = State.FORCED_OPEN
-
-
-def _announce_rejection(rejection: Exception, client: str | None) -> None:
-    if isinstance(rejection, RateLimited):
-        _log.emit("ratelimit.blocked", rejection.name if client is None else f"{rejection.name}:{client}",
-                  retry_after=round(rejection.retry_after, 3))
-    elif isinstance(rejection, Overloaded):
-        _log.emit("backpressure.shed", rejection.name)

@@ -43,12 +43,11 @@ import anyio
 
 from baldur import _log
 from baldur.bridges import background, is_home_loop, run_sync
-from baldur.errors import CircuitOpen, ConfigError, Overloaded, RateLimited, Rejected, StoreUnavailable
-from baldur.policies import idempotency
-from baldur.policies.breaker import Breaker, Outcome, State
-from baldur.policies.concurrency import SHED_RETRY_AFTER
-from baldur.policies.idempotency import Verdict
+from baldur.errors import ConfigError, StoreUnavailable
+from baldur.policies.breaker import Breaker, Outcome, State, bucket_width
+from baldur.policies.idempotency import CLAIM_LEASE_SECONDS, Verdict
 from baldur.policies.rate_limit import RateDecision, RateLimit
+from baldur.stores._decisions import Admission, announce_transition, lua_constants, rejection
 from baldur.stores._types import ExtraLimit, IdempotencyStart, Plan, Ticket
 from baldur.stores.memory import MemoryStore
 
@@ -67,19 +66,18 @@ FLUSH_SECONDS = 0.05
 #: How often the background loop probes a Redis that is down.
 PROBE_SECONDS = 0.5
 #: A concurrency lease held longer than this (a crashed worker's) is taken back.
-LEASE_SECONDS = 60.0
+CONCURRENCY_LEASE_SECONDS = 60.0
 #: How long a forced breaker state is kept (every key has a TTL).
 FORCED_TTL_SECONDS = 30 * 86400
 
 _log_store = logging.getLogger("baldur.store")
 _OUTCOME_CODE = {Outcome.SUCCESS: "s", Outcome.FAILURE: "f", Outcome.IGNORED: "i"}
-_TRANSITION_EVENTS = {"open": "circuit.opened", "half_open": "circuit.half_open", "closed": "circuit.closed"}
 _stores: weakref.WeakSet[RedisStore] = weakref.WeakSet()
 
 
 def _script(name: str) -> str:
     folder = resources.files("baldur.stores") / "redis_scripts"
-    return (folder / "_common.lua").read_text() + "\n" + (folder / f"{name}.lua").read_text()
+    return lua_constants() + (folder / "_common.lua").read_text() + "\n" + (folder / f"{name}.lua").read_text()
 
 
 class _Script:
@@ -147,7 +145,7 @@ class RedisStore:
         args: list[Any] = [
             self._now(),
             repr(rate.interval) if rate else "0", repr(rate.tolerance) if rate else "0",
-            plan.max_concurrency or 0, lease, LEASE_SECONDS,
+            plan.max_concurrency or 0, lease, CONCURRENCY_LEASE_SECONDS,
             *self._breaker_args(breaker), pending,
             repr(extra.limit.interval) if extra else "0", repr(extra.limit.tolerance) if extra else "0",
         ]
@@ -156,33 +154,17 @@ class RedisStore:
         except _RedisDown:
             self._restore_pending(plan, pending)
             return self._local_ticket(self.local.admit(plan, client, extra))
-        verdict, remaining, retry_after, next_after, reset_after, trial, transitions = reply[:7]
+        code, remaining, retry_after, next_after, reset_after, trial, transitions = reply[:7]
+        admission = Admission(code)
         self._announce(plan.name, transitions)
-        extra_decision = None
-        if extra is not None:
-            extra_decision = RateDecision(*_decision_fields(reply[7:12]))
-            if verdict == 4:
-                _log.emit("ratelimit.blocked", extra.key, retry_after=round(extra_decision.retry_after, 3))
-                raise RateLimited(extra.policy, extra_decision.retry_after, limit=extra.limit,
-                                  decision=extra_decision)
+        extra_decision = None if extra is None else RateDecision(*_decision_fields(reply[7:12]))
         decision = None
-        if rate is not None:
-            decision = RateDecision(verdict != 1, int(remaining), float(retry_after), float(next_after),
-                                    float(reset_after))
-        rejection: Rejected | None = None
-        if verdict == 1:
-            assert decision is not None
-            _log.emit("ratelimit.blocked", plan.name if client is None else f"{plan.name}:{client}",
-                      retry_after=round(decision.retry_after, 3))
-            rejection = RateLimited(plan.name, decision.retry_after, limit=rate, decision=decision)
-        elif verdict == 2:
-            _log.emit("backpressure.shed", plan.name)
-            rejection = Overloaded(plan.name, SHED_RETRY_AFTER)
-        elif verdict == 3:
-            rejection = CircuitOpen(plan.name, float(retry_after))
-        if rejection is not None:
-            rejection.extra_rate = extra_decision
-            raise rejection
+        if rate is not None and admission is not Admission.EXTRA_RATE_LIMITED:
+            decision = RateDecision(admission is not Admission.RATE_LIMITED, int(remaining), float(retry_after),
+                                    float(next_after), float(reset_after))
+        if admission is not Admission.ADMITTED:
+            raise rejection(admission, plan, client, decision=decision, extra=extra, extra_decision=extra_decision,
+                            retry_after=float(retry_after))
         ticket = Ticket(plan, bool(trial), bool(lease), decision)
         ticket.lease = lease or None
         ticket.extra_rate = extra_decision
@@ -252,10 +234,10 @@ class RedisStore:
     # promise exactly-once on, so these raise StoreUnavailable (the caller decides).
 
     async def idempotency_begin(self, key: str, fingerprint: str, token: str) -> IdempotencyStart:
-        verdict, result, retry_after = await self._idempotency(
-            "idempotency_begin", key, [fingerprint, token, idempotency.LEASE_SECONDS])
+        answer, result, retry_after = await self._idempotency(
+            "idempotency_begin", key, [fingerprint, token, CLAIM_LEASE_SECONDS])
         text = result.decode() if isinstance(result, bytes) else str(result)
-        return IdempotencyStart(Verdict(verdict.decode() if isinstance(verdict, bytes) else verdict),
+        return IdempotencyStart(Verdict(answer.decode() if isinstance(answer, bytes) else answer),
                                 text or None, float(retry_after))
 
     async def idempotency_complete(self, key: str, token: str, result: str, ttl: float) -> bool:
@@ -263,7 +245,7 @@ class RedisStore:
 
     async def idempotency_renew(self, key: str, token: str) -> bool:
         return bool(await self._idempotency(
-            "idempotency_settle", key, [token, "renew", "", repr(idempotency.LEASE_SECONDS)]))
+            "idempotency_settle", key, [token, "renew", "", repr(CLAIM_LEASE_SECONDS)]))
 
     async def idempotency_abort(self, key: str, token: str) -> None:
         await self._idempotency("idempotency_settle", key, [token, "abort", "", "0"])
@@ -322,7 +304,7 @@ class RedisStore:
         return [
             "1",
             repr(options.failure_rate) if options.failure_rate is not None else "-1",
-            options.min_calls, repr(options.window / 10),
+            options.min_calls, repr(bucket_width(options)),
             options.consecutive_failures if options.consecutive_failures is not None else -1,
             repr(options.open_for), options.half_open_calls, ttl,
         ]
@@ -366,7 +348,7 @@ class RedisStore:
     def _announce(name: str, transitions: bytes | str) -> None:
         text = transitions.decode() if isinstance(transitions, bytes) else transitions
         for transition in text.split():
-            _log.emit(_TRANSITION_EVENTS[transition], name, state=transition, shared=True)
+            announce_transition(name, State(transition), shared=True)
 
     def _client(self) -> aioredis.Redis:
         loop = asyncio.get_running_loop()

@@ -27,7 +27,7 @@ from werkzeug.test import TestResponse
 import baldur
 from baldur import _runtime
 from baldur.adapters.flask import init_flask
-from baldur.policies.idempotency import LEASE_SECONDS
+from baldur.policies.idempotency import CLAIM_LEASE_SECONDS
 
 PROBLEM = "application/problem+json"
 FRESH = Callable[[], _runtime.Runtime]
@@ -605,5 +605,5 @@ def test_the_idempotency_page_shows_the_example_app_verbatim_and_the_settings_de
                         ("IDEMPOTENCY_FAIL_OPEN", str(int(defaults.idempotency_fail_open)))):
         assert f"| `BALDUR_{name}` | `{value}` |" in configuration
         assert f"`BALDUR_{name}`" in page
-    assert f"lease of {LEASE_SECONDS:g} seconds" in page
+    assert f"lease of {CLAIM_LEASE_SECONDS:g} seconds" in page
     assert "(docs/idempotency.md)" in (ROOT / "README.md").read_text()

@@ -8,7 +8,7 @@ has a timeout, and Redis is thawed in a ``finally``.
 * 20 concurrent duplicates of a POST run the view exactly once; the rest get 409 or a replay.
 * A replay is byte-identical whichever worker answers it.
 * A worker killed (SIGKILL) in the middle of a request leaves a claim that lapses with its
-  lease (``LEASE_SECONDS``, 30 s): then the key runs again.
+  lease (``CLAIM_LEASE_SECONDS``, 30 s): then the key runs again.
 * With Redis frozen (SIGSTOP), requests with a key get 503 (fail closed); with
   ``BALDUR_IDEMPOTENCY_FAIL_OPEN=1`` they run, and a WARNING says so.
 """
@@ -38,7 +38,7 @@ from _flask_support import DEADLINE, PYTHON, child_env, free_port, read_log, ser
 from flask import Flask
 
 from baldur.adapters.flask import init_flask
-from baldur.policies.idempotency import LEASE_SECONDS
+from baldur.policies.idempotency import CLAIM_LEASE_SECONDS
 from tests.redis_server import RedisServer
 
 redis = pytest.importorskip("redis")
@@ -244,7 +244,7 @@ def test_a_worker_killed_mid_request_frees_its_key_when_the_lease_lapses(
         # Polled as a client retries: 409 while the dead worker's lease lives (from whichever worker
         # answers; the replacement worker boots meanwhile), then it runs.
         statuses: Counter[int] = Counter()
-        end = killed_at + LEASE_SECONDS + 15
+        end = killed_at + CLAIM_LEASE_SECONDS + 15
         while True:
             answer = server.post("/hold", {"order": "o-k"}, "crash-1")
             statuses[answer.status] += 1
@@ -252,15 +252,15 @@ def test_a_worker_killed_mid_request_frees_its_key_when_the_lease_lapses(
                 break
             if answer.status == 409:
                 assert answer.headers["retry-after"] == "1"
-            assert time.monotonic() < end, f"the key was still in use {LEASE_SECONDS + 15} s after the kill"
+            assert time.monotonic() < end, f"the key was still in use {CLAIM_LEASE_SECONDS + 15} s after the kill"
             time.sleep(0.25)
         usable_after = time.monotonic() - killed_at
         print(f"\nkilled worker {pid} mid-request; the key answered {dict(statuses)} and ran again "
-              f"{usable_after:.1f} s after the kill (lease {LEASE_SECONDS:g} s)")
+              f"{usable_after:.1f} s after the kill (lease {CLAIM_LEASE_SECONDS:g} s)")
         assert (answer.status, answer.replayed) == (201, False), answer
         assert json.loads(answer.body) == {"run": 2}
         assert statuses[409] > 0  # the claim outlived its worker for a while ...
-        assert usable_after <= LEASE_SECONDS + 15  # ... and no longer than its lease (plus polling slack)
+        assert usable_after <= CLAIM_LEASE_SECONDS + 15  # ... and no longer than its lease (plus polling slack)
         assert server.counted("hold-runs") == 2
         replay = server.post("/hold", {"order": "o-k"}, "crash-1")
         assert replay.replayed and replay.body == answer.body

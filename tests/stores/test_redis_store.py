@@ -18,11 +18,13 @@ import redis
 
 from baldur.bridges import SyncOverAsync
 from baldur.errors import CircuitOpen, ConfigError, Overloaded, Rejected
-from baldur.policies.breaker import Breaker, Outcome, State
+from baldur.policies.breaker import BUCKETS, Breaker, Outcome, State
 from baldur.policies.rate_limit import RateLimit
+from baldur.stores._decisions import Admission
 from baldur.stores._types import Plan, Ticket
 from baldur.stores.memory import MemoryStore
 from baldur.stores.redis import RedisStore
+from tests.breaker_cases import CASE_IDS, CASES, RuleCase
 from tests.redis_server import RedisServer
 
 
@@ -90,6 +92,59 @@ def test_the_same_random_sequence_gives_the_same_decisions_on_both_stores(redis_
         else:
             clock.now += rng.choice([0.1, 0.5, 1.0, 3.0, 6.0])
         assert memory.read_breaker(plan.name, options) == shared.read_breaker(plan.name, options), f"step {step}"
+
+
+@pytest.mark.parametrize("written_behind", [False, True], ids=["flushed", "written-behind"])
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_the_failure_rate_is_checked_after_every_outcome_on_both_stores(
+        redis_url: str, case: RuleCase, written_behind: bool) -> None:
+    clock = FakeClock()
+    start = clock.now
+    memory, shared = make_pair(redis_url, clock)
+    plan = Plan(f"rule-{case.id}", case.options, None, None)
+    for at, failed in case.outcomes:
+        if written_behind and clock.now != start + at:
+            flush(shared)  # the background flusher sends within FLUSH_SECONDS: before the clock moves on
+        clock.now = start + at
+        for store in (memory, shared):
+            assert store.read_breaker(plan.name, case.options) is State.CLOSED, f"opened before {at}"
+            store.finish(store.admit(plan), Outcome.FAILURE if failed else Outcome.SUCCESS)
+        if not written_behind:
+            flush(shared)
+    # Written behind, the last successes reach Redis with the next admission, which they refuse.
+    for store in (memory, shared):
+        with pytest.raises(CircuitOpen):
+            store.admit(plan)
+        assert store.read_breaker(plan.name, case.options) is State.OPEN
+
+
+def test_written_behind_successes_are_checked_where_they_reach_min_calls(redis_url: str) -> None:
+    clock = FakeClock()
+    memory, shared = make_pair(redis_url, clock)
+    options = Breaker(failure_rate=0.5, min_calls=10, consecutive_failures=None)
+    plan = Plan("batch", options, None, None)
+    for store in (memory, shared):
+        tickets = [store.admit(plan) for _ in range(12)]
+        for ticket in tickets[:5]:
+            store.finish(ticket, Outcome.FAILURE)
+        # Seven successes: the tenth call makes 5 of 10 (the rule fires); all twelve would be 5 of 12.
+        for ticket in tickets[5:]:
+            store.finish(ticket, Outcome.SUCCESS)
+    assert memory.read_breaker(plan.name, options) is State.OPEN
+    with pytest.raises(CircuitOpen):
+        shared.admit(plan)  # carries the seven successes to Redis as one batch
+    assert shared.read_breaker(plan.name, options) is State.OPEN
+
+
+def test_the_scripts_get_the_bucket_count_and_admission_codes_from_python(redis_url: str) -> None:
+    store = RedisStore(redis_url, redacted_url=redis_url)
+    admit = store._scripts["admit"].text
+    common = store._scripts["finish"].text
+    assert f"local BUCKETS = {BUCKETS}\n" in common
+    assert "local BUCKETS = 10" not in common.split("\n", len(Admission) + 1)[-1], "a second definition"
+    for admission in Admission:
+        assert f"local {admission.name} = {admission.value}\n" in admit
+        assert f"return {{{admission.name}," in admit, f"admit.lua never answers {admission.name}"
 
 
 def test_rate_decisions_match_the_memory_store(redis_url: str) -> None:

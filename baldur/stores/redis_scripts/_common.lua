@@ -2,9 +2,8 @@
 -- breaker state machine. These mirror baldur/policies/*.py rule for rule
 -- (same operations in the same order, so the same IEEE doubles); the test
 -- suite runs the same sequences against both stores and expects identical
--- decisions.
-
-local BUCKETS = 10
+-- decisions. BUCKETS and the admission codes are defined by Python
+-- (baldur/stores/_decisions.py: lua_constants), prepended to every script.
 
 local function clock(arg)
   if arg ~= '' then return tonumber(arg) end
@@ -141,22 +140,27 @@ local function br_preflight(s, now, o)
   return 0, 0, math.min(1.0, o.open_for), transition
 end
 
--- outcome: 's' success, 'f' failure, 'i' ignored; count > 1 only for successes.
+-- outcome: 's' success, 'f' failure, 'i' ignored; count > 1 only for successes
+-- written behind. The failure rate is checked after every outcome; for a batch
+-- of successes, after each of them: the share is highest where the count of
+-- calls first reaches min_calls, so that is the one point to check.
 -- Returns the new state if it changed, else ''.
 local function br_record(key, s, now, o, outcome, trial, count)
   if s.st == 'closed' then
     if trial or outcome == 'i' then return '' end
-    if outcome == 's' then
-      if s.cf ~= 0 then s.cf = 0; s.dirty = true end
-      win_add(key, now, o.width, false, count)
-      return ''
+    local failed = outcome == 'f'
+    win_add(key, now, o.width, failed, count)
+    if failed then
+      s.cf = s.cf + 1; s.dirty = true
+      if o.consecutive > 0 and s.cf >= o.consecutive then return br_open(key, s, now) end
+    elseif s.cf ~= 0 then
+      s.cf = 0; s.dirty = true
     end
-    s.cf = s.cf + 1; s.dirty = true
-    win_add(key, now, o.width, true, 1)
-    if o.consecutive > 0 and s.cf >= o.consecutive then return br_open(key, s, now) end
     if o.failure_rate >= 0 then
       local calls, failures = win_totals(key, now, o.width)
-      if calls >= o.min_calls and failures / calls >= o.failure_rate then return br_open(key, s, now) end
+      if calls >= o.min_calls and failures / math.max(o.min_calls, calls - count + 1) >= o.failure_rate then
+        return br_open(key, s, now)
+      end
     end
     return ''
   end
