@@ -137,7 +137,7 @@ _held = _Held()
 def _start(start: IdempotencyStart, name: str) -> None:
     """Raise for the verdicts that do not run the call."""
     if start.verdict is Verdict.CONFLICT:
-        _log.emit("idempotency.conflict", name, retry_after=round(start.retry_after, 3))
+        _log.emit("idempotency.conflict", name, retry_after=1.0, lease_left=round(start.retry_after, 3))
         # The first call will most likely finish soon; its lease (start.retry_after) only
         # bounds how long a dead worker's claim can last.
         raise IdempotencyConflict(name, 1.0, f"{name!r}: a call with this idempotency key is still running")

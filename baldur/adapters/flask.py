@@ -29,7 +29,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import ClosingIterator
 
 from baldur import _log, _pipeline, _runtime
-from baldur._config import _parse_one
+from baldur._config import _parse_one, warn_unknown_app_config
 from baldur._idempotency import Claim, begin, fingerprint
 from baldur._pipeline import Protection, WebCall, web_call
 from baldur.adapters._http import (
@@ -63,6 +63,9 @@ _EXTENSION = "baldur"
 _STATE = "baldur.request"
 _UNSET: Any = object()
 _logger = logging.getLogger("baldur.idempotency")
+#: The settings ``init_flask`` reads from ``app.config`` (the others are process-wide: environment or ``init()``).
+_APP_CONFIG_KEYS = tuple(f"BALDUR_{name.upper()}" for name in (
+    "rate_limit", "max_concurrency", "trust_proxy", "idempotency", "max_queue_ms"))
 
 
 class _InFlight:
@@ -170,6 +173,7 @@ def init_flask(
     client's address) and ``idempotency``.
     """
     runtime = _runtime.current()
+    warn_unknown_app_config(app.config, _APP_CONFIG_KEYS)
     options = _Options(app, runtime, rate_limit, max_concurrency, key_func, trust_proxy, idempotency)
     app.extensions[_EXTENSION] = options
     _pipeline.web_hooks_installed = True
@@ -195,8 +199,12 @@ class _Middleware:
         self.app = app
         self.wsgi_app = wsgi_app
         self.options = options
+        #: ``app.config``'s Baldur keys as ``init_flask`` read them, until the first request compares.
+        self.config_at_init: dict[str, Any] | None = _baldur_config(app)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if self.config_at_init is not None:
+            self._warn_late_config()
         options = self.options
         if options.max_queue is not None:
             started = environ.get("HTTP_X_REQUEST_START")
@@ -231,6 +239,23 @@ class _Middleware:
             _settle(state, options)
             return body
         return _Settling(body, state, options)
+
+
+    def _warn_late_config(self) -> None:
+        """``app.config`` changed after ``init_flask(app)`` read it: say so once, rather than ignore it silently."""
+        before, self.config_at_init = self.config_at_init, None
+        if before is None:
+            return
+        now = _baldur_config(self.app)
+        for key in sorted(set(before) | set(now)):
+            if before.get(key, _UNSET) != now.get(key, _UNSET):
+                logging.getLogger("baldur").warning(
+                    "app.config[%r] was set after init_flask(app) and is ignored: set it before calling "
+                    "init_flask(app), or pass it to init_flask", key)
+
+
+def _baldur_config(app: Flask) -> dict[str, Any]:
+    return {key: value for key, value in app.config.items() if key.startswith("BALDUR_")}
 
 
 class _Settling:

@@ -36,6 +36,11 @@ _TRANSITION_EVENTS = {
     State.HALF_OPEN: "circuit.half_open",
     State.CLOSED: "circuit.closed",
 }
+_FORCED_EVENTS = {
+    **_TRANSITION_EVENTS,
+    State.FORCED_OPEN: "circuit.opened",
+    State.FORCED_CLOSED: "circuit.closed",
+}
 
 
 class MemoryStore:
@@ -95,7 +100,11 @@ class MemoryStore:
                     rejection = CircuitOpen(plan.name, verdict.retry_after)
         self._announce(plan.name, transition)
         if rejection is not None:
-            _announce_rejection(rejection, client)
+            if extra is not None and extra_decision is not None and not extra_decision.allowed:
+                # Named by its key, as ``rate`` and the Redis store name it: the client shows.
+                _log.emit("ratelimit.blocked", extra.key, retry_after=round(extra_decision.retry_after, 3))
+            else:
+                _announce_rejection(rejection, client)
             if extra_decision is not None and extra_decision.allowed and isinstance(rejection, Rejected):
                 rejection.extra_rate = extra_decision
             raise rejection
@@ -178,8 +187,9 @@ class MemoryStore:
     def force_breaker(self, name: str, options: Breaker, state: State) -> None:
         with self._lock:
             breaker_policy.force(self._breaker(f"b:{name}", options), state)
-        if state is _CLOSED:
-            _log.emit("circuit.closed", name, forced=True)
+        # Forced and reset states are announced like the automatic ones, so an operator's
+        # open() shows in the log as plainly as a breaker that opened by itself.
+        _log.emit(_FORCED_EVENTS[state], name, state=str(state), forced=True)
 
     def idempotency_begin(self, key: str, fingerprint: str, token: str) -> IdempotencyStart:
         now = self.clock()
