@@ -357,9 +357,11 @@ def _limit_client(options: _Options) -> Response | None:
     state: _Request | None = req.environ.get(_STATE)
     if state is None or options.rate_limit is None:  # the WSGI layer was bypassed
         return None
-    extra = ExtraLimit("default", f"web:{state.client_key()}", options.rate_limit)
     endpoint = req.endpoint
-    view = state.app.view_functions.get(endpoint) if endpoint is not None else None
+    if endpoint is None:  # no route matched (404, 405): no quota is spent (DESIGN.md §5)
+        return None
+    extra = ExtraLimit("default", f"web:{state.client_key()}", options.rate_limit)
+    view = state.app.view_functions.get(endpoint)
     if getattr(view, "__baldur__", None) is not None:
         state.extra = extra
         return None

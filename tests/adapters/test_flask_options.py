@@ -290,3 +290,11 @@ def test_app_config_set_before_init_flask_says_nothing(caplog: pytest.LogCapture
     app = _one_per_minute()
     assert _status(app) == 200
     assert [r for r in caplog.records if r.name == "baldur"] == []
+
+
+def test_an_unmatched_route_spends_no_quota() -> None:
+    app = _one_per_minute()
+    client = app.test_client()
+    assert [client.get("/nowhere").status_code, client.post("/r").status_code] == [404, 405]
+    assert _status(app) == 200
+    assert _status(app) == 429
