@@ -12,8 +12,9 @@ import logging
 import math
 import os
 import re
+import sys
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -21,7 +22,7 @@ from baldur.errors import ConfigError
 from baldur.policies.breaker import Breaker
 from baldur.policies.rate_limit import RateLimit
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["Settings", "load_settings", "user_stacklevel", "warn_unknown_app_config"]
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _TRUE = ("1", "true", "yes", "on")
@@ -231,8 +232,10 @@ def _parse_one(name: str, value: object, origin: str) -> Any:
     if spec is None:
         close = difflib.get_close_matches(name, _BY_NAME, n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(_BY_NAME)}"
-        raise ConfigError(f"baldur.{origin}({name}=...)", value, f"baldur.{origin}({_FIELDS[0].name}=...)",
-                          f"unknown setting; {hint}")
+        meant = _BY_NAME[close[0]] if close else _FIELDS[0]
+        raise ConfigError(f"baldur.{origin}({name}=...)", value,
+                          f"baldur.{origin}({meant.name}={meant.example.partition('=')[2]!r})",
+                          message=f"baldur.{origin}() has no setting {name!r} ({hint})")
     env_name = f"BALDUR_{name.upper()}"
     good = spec.example.partition("=")[2]
     if origin == "env":
@@ -264,4 +267,30 @@ def _warn_unknown(env: Mapping[str, str]) -> None:
         if key.startswith("BALDUR_") and key not in ENV_NAMES and key not in _OTHER_KNOWN:
             close = difflib.get_close_matches(key, ENV_NAMES, n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]}?" if close else ""
-            warnings.warn(f"unknown setting {key} is ignored{hint}", UserWarning, stacklevel=3)
+            warnings.warn(f"unknown setting {key} is ignored{hint}", UserWarning, stacklevel=user_stacklevel())
+
+
+def warn_unknown_app_config(config: Mapping[str, Any], read: Collection[str]) -> None:
+    """Warn about the ``BALDUR_*`` keys of a web app's config that its adapter does not read (``read``)."""
+    for key in config:
+        if not key.startswith("BALDUR_") or key in read:
+            continue
+        if key in ENV_NAMES:
+            setting = key.removeprefix("BALDUR_").lower()
+            why = (f"it is a process-wide setting: set it in the environment or "
+                   f"baldur.init({setting}=...); app.config holds only {', '.join(sorted(read))}")
+        else:
+            close = difflib.get_close_matches(key, [*read, *ENV_NAMES], n=1, cutoff=0.6)
+            why = f"no such setting; did you mean {close[0]}?" if close else "no such setting"
+        warnings.warn(f"app.config[{key!r}] is ignored: {why}", UserWarning, stacklevel=user_stacklevel())
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning point at the first frame outside Baldur: the user's line,
+    however deep in Baldur the warning is raised (``init()``, ``init_flask()``, a first protected call)."""
+    frame = sys._getframe(1)  # the caller of this function, i.e. the frame that calls warnings.warn
+    level = 1
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "baldur":
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level

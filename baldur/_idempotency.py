@@ -102,7 +102,7 @@ class Claim:
         if start.verdict is Verdict.CONFLICT:
             # The first call will most likely finish soon; its lease (start.retry_after) only
             # bounds how long a dead worker's claim can last.
-            _log.emit("idempotency.conflict", name, retry_after=round(start.retry_after, 3))
+            _log.emit("idempotency.conflict", name, retry_after=1.0, lease_left=round(start.retry_after, 3))
             raise IdempotencyConflict(name, 1.0, f"{name!r}: a call with this idempotency key is still running")
         if start.verdict is Verdict.MISMATCH:
             raise IdempotencyMismatch(f"{name!r}: this idempotency key was used with a different payload")

@@ -76,8 +76,9 @@ def _build(settings: Settings) -> Runtime:
                             max_keys=settings.memory_max_keys)
         return Runtime(settings, SyncOverAsync(shared), shared, settings.default_breaker(), True)
     if settings.require_shared_store:
-        raise ConfigError("BALDUR_REQUIRE_SHARED_STORE", "1", "BALDUR_REDIS_URL=redis://localhost:6379/0",
-                          "a shared store is required but BALDUR_REDIS_URL is not set")
+        raise ConfigError("BALDUR_REDIS_URL", None, "BALDUR_REDIS_URL=redis://localhost:6379/0",
+                          message="BALDUR_REQUIRE_SHARED_STORE=1 refuses the per-process memory store, "
+                                  "and BALDUR_REDIS_URL (the shared store) is not set")
     store = MemoryStore(max_keys=settings.memory_max_keys)
     runtime = Runtime(settings, store, AsyncOverSync(store), settings.default_breaker(), False)
     warn_if_per_process(runtime.shared, forked=False)

@@ -294,3 +294,53 @@ def test_a_level_the_app_set_on_the_baldur_logger_is_kept(monkeypatch: pytest.Mo
     monkeypatch.setattr(_runtime, "_current", None)
     baldur.init(log_level="ERROR")
     assert logging.getLogger("baldur").level == logging.DEBUG
+
+
+def test_forcing_a_breaker_logs_like_the_automatic_transitions(caplog: pytest.LogCaptureFixture) -> None:
+    baldur.init(log_level="INFO")
+    for force in ("open", "close", "reset"):
+        getattr(baldur.breaker(f"forced-{force}"), force)()
+    assert baldur_records(caplog) == [
+        ("baldur.circuit", "circuit.opened",
+         {"event": "circuit.opened", "name": "forced-open", "state": "forced_open", "forced": True}),
+        ("baldur.circuit", "circuit.closed",
+         {"event": "circuit.closed", "name": "forced-close", "state": "forced_closed", "forced": True}),
+        ("baldur.circuit", "circuit.closed",
+         {"event": "circuit.closed", "name": "forced-reset", "state": "closed", "forced": True}),
+    ]
+
+
+def test_the_web_limit_is_logged_under_the_clients_key(caplog: pytest.LogCaptureFixture) -> None:
+    """The per-client limit of the web hooks names the client, on a protected view as on a plain one
+    (the key the Redis store's admit script names too)."""
+    from flask import Flask
+
+    from baldur.adapters.flask import init_flask
+
+    baldur.init(log_level="INFO")
+    app = Flask(__name__)
+    init_flask(app, rate_limit="1/minute")
+    app.add_url_rule("/protected", "protected", baldur.protected("logged-view")(lambda: "ok"))
+    app.add_url_rule("/plain", "plain", lambda: "ok")
+    for path, address in (("/protected", "192.0.2.7"), ("/plain", "192.0.2.8")):
+        statuses = [app.test_client().get(path, environ_base={"REMOTE_ADDR": address}).status_code
+                    for _ in range(2)]
+        assert statuses == [200, 429]
+    names = [fields["name"] for _, message, fields in baldur_records(caplog) if message == "ratelimit.blocked"]
+    assert names == ["web:192.0.2.7", "web:192.0.2.8"]
+
+
+def test_an_idempotency_conflict_logs_the_retry_after_the_caller_is_told(caplog: pytest.LogCaptureFixture) -> None:
+    baldur.init(log_level="INFO")
+    told: list[float] = []
+
+    @baldur.protected("conflicted", idempotency_key="key")
+    def call(key: str) -> str:
+        with pytest.raises(baldur.IdempotencyConflict) as caught:
+            call(key)  # the same key while the first call runs
+        told.append(caught.value.retry_after)
+        return "done"
+
+    assert call("k-1") == "done"
+    [conflict] = [fields for _, message, fields in baldur_records(caplog) if message == "idempotency.conflict"]
+    assert told == [conflict["retry_after"]] == [1.0]

@@ -29,7 +29,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import ClosingIterator
 
 from baldur import _log, _runtime
-from baldur._config import _parse_one
+from baldur._config import _parse_one, warn_unknown_app_config
 from baldur._idempotency import Claim, fingerprint
 from baldur._protection import Protection
 from baldur.adapters import _web
@@ -64,6 +64,9 @@ _EXTENSION = "baldur"
 #: Where the hooks keep their per-request state (in the WSGI environ: cheaper than flask.g).
 _STATE = "baldur.request"
 _logger = logging.getLogger("baldur.idempotency")
+#: The settings ``init_flask`` reads from ``app.config`` (the others are process-wide: environment or ``init()``).
+_APP_CONFIG_KEYS = tuple(f"BALDUR_{name.upper()}" for name in (
+    "rate_limit", "max_concurrency", "trust_proxy", "idempotency", "max_queue_ms"))
 
 
 class _InFlight:
@@ -171,6 +174,7 @@ def init_flask(
     client's address) and ``idempotency``.
     """
     runtime = _runtime.current()
+    warn_unknown_app_config(app.config, _APP_CONFIG_KEYS)
     options = _Options(app, runtime, rate_limit, max_concurrency, key_func, trust_proxy, idempotency)
     app.extensions[_EXTENSION] = options
     _web.install()
@@ -196,8 +200,12 @@ class _Middleware:
         self.app = app
         self.wsgi_app = wsgi_app
         self.options = options
+        #: ``app.config``'s Baldur keys as ``init_flask`` read them, until the first request compares.
+        self.config_at_init: dict[str, Any] | None = _baldur_config(app)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if self.config_at_init is not None:
+            self._warn_late_config()
         options = self.options
         if options.max_queue is not None:
             started = environ.get("HTTP_X_REQUEST_START")
@@ -232,6 +240,22 @@ class _Middleware:
             _settle(state, options)
             return body
         return _Settling(body, state, options)
+
+    def _warn_late_config(self) -> None:
+        """``app.config`` changed after ``init_flask(app)`` read it: say so once, rather than ignore it silently."""
+        before, self.config_at_init = self.config_at_init, None
+        if before is None:
+            return
+        now = _baldur_config(self.app)
+        for key in sorted(set(before) | set(now)):
+            if (key in before, before.get(key)) != (key in now, now.get(key)):
+                logging.getLogger("baldur").warning(
+                    "app.config[%r] was set after init_flask(app) and is ignored: set it before calling "
+                    "init_flask(app), or pass it to init_flask", key)
+
+
+def _baldur_config(app: Flask) -> dict[str, Any]:
+    return {key: value for key, value in app.config.items() if key.startswith("BALDUR_")}
 
 
 class _Settling:
@@ -333,9 +357,11 @@ def _limit_client(options: _Options) -> Response | None:
     state: _Request | None = req.environ.get(_STATE)
     if state is None or options.rate_limit is None:  # the WSGI layer was bypassed
         return None
-    extra = ExtraLimit("default", f"web:{state.client_key()}", options.rate_limit)
     endpoint = req.endpoint
-    view = state.app.view_functions.get(endpoint) if endpoint is not None else None
+    if endpoint is None:  # no route matched (404, 405): no quota is spent (DESIGN.md §5)
+        return None
+    extra = ExtraLimit("default", f"web:{state.client_key()}", options.rate_limit)
+    view = state.app.view_functions.get(endpoint)
     if getattr(view, "__baldur__", None) is not None:
         state.extra = extra
         return None

@@ -24,13 +24,18 @@ from baldur.policies.breaker import Breaker, BreakerState, Outcome, State
 from baldur.policies.concurrency import admits
 from baldur.policies.idempotency import IdempotencyRecord, Verdict
 from baldur.policies.rate_limit import RateDecision, RateLimit, gcra
-from baldur.stores._decisions import Admission, announce_transition, rejection
+from baldur.stores._decisions import TRANSITION_EVENTS, Admission, announce_transition, rejection
 from baldur.stores._types import ExtraLimit, IdempotencyStart, Plan, Ticket
 
 __all__ = ["MemoryStore"]
 
 _CLOSED = State.CLOSED
 _SUCCESS = Outcome.SUCCESS
+_FORCED_EVENTS = {
+    **TRANSITION_EVENTS,
+    State.FORCED_OPEN: "circuit.opened",
+    State.FORCED_CLOSED: "circuit.closed",
+}
 
 
 class MemoryStore:
@@ -169,8 +174,9 @@ class MemoryStore:
     def force_breaker(self, name: str, options: Breaker, state: State) -> None:
         with self._lock:
             breaker_policy.force(self._breaker(f"b:{name}", name, options), state)
-        if state is _CLOSED:
-            _log.emit("circuit.closed", name, forced=True)
+        # Forced and reset states are announced like the automatic ones, so an operator's
+        # open() shows in the log as plainly as a breaker that opened by itself.
+        _log.emit(_FORCED_EVENTS[state], name, state=str(state), forced=True)
 
     def idempotency_begin(self, key: str, fingerprint: str, token: str) -> IdempotencyStart:
         now = self.clock()

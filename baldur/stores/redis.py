@@ -56,8 +56,11 @@ try:
     from redis.asyncio.retry import Retry as RedisRetry
     from redis.backoff import NoBackoff
     from redis.exceptions import NoScriptError, RedisError
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError("the Redis store needs the redis extra: pip install 'baldur-framework[redis]'") from exc
+except ImportError as exc:
+    # Until Baldur is published, the registry's baldur-framework is another project: name what works.
+    raise ImportError("the Redis store (BALDUR_REDIS_URL) needs redis-py, which is not installed: "
+                      "pip install -e '.[redis]' in a checkout of Baldur, or pip install 'redis[hiredis]>=5.0'"
+                      ) from exc
 
 __all__ = ["FLUSH_SECONDS", "RedisStore"]
 
@@ -220,15 +223,13 @@ class RedisStore:
         return State(state.decode() if isinstance(state, bytes) else state)
 
     async def force_breaker(self, name: str, options: Breaker, state: State) -> None:
-        self.local.force_breaker(name, options, state)
+        self.local.force_breaker(name, options, state)  # logs the change, once, for both stores
         try:
             await self._run("breaker_state", [self._key(name, "b")], [str(state), FORCED_TTL_SECONDS])
         except _RedisDown as exc:
             raise StoreUnavailable(
                 f"cannot force breaker {name!r} to {state} for every worker: Redis at {self.redacted_url} "
                 f"is unavailable ({self.down_reason}); this process uses {state} meanwhile") from exc
-        if state is State.CLOSED:
-            _log.emit("circuit.closed", name, forced=True)
 
     # Idempotency fails closed: while Redis is down there is no shared truth to
     # promise exactly-once on, so these raise StoreUnavailable (the caller decides).
