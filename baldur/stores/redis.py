@@ -48,7 +48,7 @@ from baldur.policies import idempotency
 from baldur.policies.breaker import Breaker, Outcome, State
 from baldur.policies.concurrency import SHED_RETRY_AFTER
 from baldur.policies.idempotency import Verdict
-from baldur.policies.rate_limit import RateDecision, RateLimit
+from baldur.policies.rate_limit import RateDecision, RateLimit, micros
 from baldur.stores._types import ExtraLimit, IdempotencyStart, Plan, Ticket
 from baldur.stores.memory import MemoryStore
 
@@ -128,8 +128,10 @@ class RedisStore:
 
     def _key(self, tag: str, kind: str, suffix: str = "") -> str:
         # The hash tag is the name: every key a script touches lives in one cluster slot.
-        tag = tag.replace("{", "(").replace("}", ")")
-        return f"{self.prefix}:{{{tag}}}:{kind}{':' + suffix if suffix else ''}"
+        # Names and clients' values are escaped: distinct values stay distinct keys, and no
+        # value can open a hash tag of its own (and so choose its slot).
+        suffix = _escaped(suffix)
+        return f"{self.prefix}:{{{_escaped(tag)}}}:{kind}{':' + suffix if suffix else ''}"
 
     # -- the operations ---------------------------------------------------
 
@@ -146,10 +148,10 @@ class RedisStore:
                 self._key(extra.key, "r") if extra is not None else self._key(plan.name, "x")]
         args: list[Any] = [
             self._now(),
-            repr(rate.interval) if rate else "0", repr(rate.tolerance) if rate else "0",
+            rate.interval_us if rate else 0, rate.tolerance_us if rate else 0,
             plan.max_concurrency or 0, lease, LEASE_SECONDS,
             *self._breaker_args(breaker), pending,
-            repr(extra.limit.interval) if extra else "0", repr(extra.limit.tolerance) if extra else "0",
+            extra.limit.interval_us if extra else 0, extra.limit.tolerance_us if extra else 0,
         ]
         try:
             reply = await self._run("admit", keys, args)
@@ -220,7 +222,7 @@ class RedisStore:
             return self.local.rate(key, limit)
         try:
             reply = await self._run(
-                "rate", [self._key(key, "r")], [self._now(), repr(limit.interval), repr(limit.tolerance)])
+                "rate", [self._key(key, "r")], [self._now(), limit.interval_us, limit.tolerance_us])
         except _RedisDown:
             return self.local.rate(key, limit)
         decision = RateDecision(*_decision_fields(reply))
@@ -312,7 +314,7 @@ class RedisStore:
     # -- helpers ----------------------------------------------------------
 
     def _now(self) -> str:
-        return "" if self.clock is None else repr(self.clock())
+        return "" if self.clock is None else str(micros(self.clock()))
 
     @staticmethod
     def _breaker_args(options: Breaker | None) -> list[Any]:
@@ -477,6 +479,10 @@ class RedisStore:
         self._pending = {}
         self._flusher = self._prober = False
         self.local.reset()
+
+
+def _escaped(text: str) -> str:
+    return text.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
 
 
 def _decision_fields(reply: Sequence[Any]) -> tuple[bool, int, float, float, float]:
