@@ -85,6 +85,8 @@ DOWN_AFTER_TIMEOUTS = 3
 LOG_DAMPING_SECONDS = 10.0
 #: The warm-up and the probe run outside any request: they may wait this long at least.
 PROBE_BUDGET_SECONDS = 1.0
+#: A loop's first connection, inside a request, may take this long (see ``_run``).
+COLD_BUDGET_SECONDS = 0.3
 #: A concurrency lease held longer than this (a crashed worker's) is taken back.
 LEASE_SECONDS = 60.0
 #: How long a forced breaker state is kept (every key has a TTL).
@@ -156,6 +158,7 @@ class RedisStore:
         self._leases: dict[str, str] = {}  # lease id → its concurrency key, while this process holds it
         self._renewer = False
         self._shares: dict[int, tuple[Plan, Plan]] = {}  # id(plan) → (plan, its local share)
+        self._exhausted: dict[tuple[str, str | None], float] = {}  # (name, client) → refused until (monotonic)
         self._closing: set[asyncio.Task[None]] = set()
         self._logged_down_at = -LOG_DAMPING_SECONDS  # when the last store.degraded line was written
         self._down_logged = False  # this outage's store.degraded line is written (its pair is open)
@@ -200,6 +203,8 @@ class RedisStore:
             reply = await self._run("admit", keys, args)
         except _RedisDown:
             self._restore_pending(plan, pending)
+            if not self.down:
+                self._refuse_if_exhausted(plan, client)
             return self._local_admit(plan, client, extra)
         verdict, remaining, retry_after, next_after, reset_after, trial, transitions = reply[:7]
         self._announce(plan.name, transitions)
@@ -214,6 +219,8 @@ class RedisStore:
         if rate is not None:
             decision = RateDecision(verdict != 1, int(remaining), float(retry_after), float(next_after),
                                     float(reset_after))
+            if not decision.allowed or decision.remaining == 0:
+                self._note_exhausted(plan, client, decision)
         rejection: Rejected | None = None
         if verdict == 1:
             assert decision is not None
@@ -467,6 +474,23 @@ class RedisStore:
             entry = self._pending.setdefault(plan.breaker_key, [plan, 0, time.monotonic()])
             entry[1] += successes
 
+    def _note_exhausted(self, plan: Plan, client: str | None, decision: RateDecision) -> None:
+        """Redis said this bucket is empty for a while: until then it refuses every call (a TAT
+        only grows), so a late answer meanwhile is refused here too, exactly as Redis would."""
+        wait = decision.next_after if decision.allowed else decision.retry_after
+        if len(self._exhausted) >= 10_000:
+            self._exhausted.clear()
+        self._exhausted[(plan.name, client)] = time.monotonic() + wait
+
+    def _refuse_if_exhausted(self, plan: Plan, client: str | None) -> None:
+        until = self._exhausted.get((plan.name, client))
+        if until is None or plan.rate_limit is None:
+            return
+        wait = until - time.monotonic()
+        if wait > 0:
+            decision = RateDecision(False, 0, wait, wait, wait)
+            raise RateLimited(plan.name, wait, limit=plan.rate_limit, decision=decision)
+
     def _local_admit(self, plan: Plan, client: str | None, extra: ExtraLimit | None) -> Ticket:
         """Admission from this process's memory, at its share of every rate limit."""
         if extra is not None:
@@ -529,9 +553,14 @@ class RedisStore:
         if loop is None or not is_home_loop(loop):
             return await self._hop(name, keys, args, loop)
         script = self._scripts[name]
+        cold = self._clients.get(loop) is None or self._clients[loop][0] != self._epoch
         client = self._client()
         try:
-            async with self._bounded():
+            # A loop's first connection (connect, handshake, the first use of the parser on a
+            # busy machine) is warm-up, not an answer: it may take COLD_BUDGET_SECONDS, once per
+            # loop and epoch, unless answers are already late (a frozen Redis must cost no more).
+            budget = max(self.timeout, COLD_BUDGET_SECONDS) if cold and not self._late else self.timeout
+            async with asyncio.timeout(budget):
                 try:
                     reply = await client.evalsha(script.sha, len(keys), *keys, *args)
                 except NoScriptError:
@@ -670,6 +699,7 @@ class RedisStore:
         self._logged_down_at = -LOG_DAMPING_SECONDS
         self.workers = _known_workers()
         self._shares = {}
+        self._exhausted = {}
         self._closing = set()
         self.local.reset()
 

@@ -316,7 +316,7 @@ def test_requests_answer_fast_while_redis_is_frozen_or_dead_and_sharing_resumes(
     finally:
         redis_server.start()
     # No second store.degraded line: within LOG_DAMPING_SECONDS of the first pair, the outage is
-    # counted in the next line instead (tests/adapters/test_redis_faults.py).
+    # counted in the next line instead (tests/adapters/test_redis_faults_workers.py).
     poll(lambda: _shared_everywhere(server, store), "the shared limit did not return after a restart",
          every=0.1)
 

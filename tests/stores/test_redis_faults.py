@@ -310,7 +310,7 @@ def test_claims_are_renewed_in_the_parent_after_a_fork_and_in_the_child(
 def test_a_required_shared_store_that_is_unreachable_refuses_to_start(server: RedisServer) -> None:
     server.stop()
     try:
-        with pytest.raises(ConfigError, match="BALDUR_REQUIRE_SHARED_STORE.*refusing to start") as caught:
+        with pytest.raises(ConfigError, match=r"BALDUR_REQUIRE_SHARED_STORE.*refusing to start") as caught:
             _runtime.init(redis_url=server.url.replace("redis://", "redis://u:hunter2@"),
                           require_shared_store=True)
     finally:
