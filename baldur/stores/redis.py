@@ -118,6 +118,30 @@ class _RedisDown(Exception):
 _LATE = (TimeoutError, asyncio.TimeoutError)
 
 
+class _Deadline:
+    """Ends an operation when its budget runs out, but lets the loop first read what already
+    arrived: a process that was not running when the budget ran out (a busy machine) must not
+    throw away an answer sitting in its socket, which would fail open where Redis had decided.
+
+    ``asyncio.timeout`` cancels from the timer itself. The loop reads sockets before it runs
+    due timers, and the task waiting for the answer wakes one turn later: so this timer
+    cancels one turn later too (``call_soon``), after that wake-up. A Redis that did not
+    answer costs one more turn of the loop, no more."""
+
+    __slots__ = ("handle", "scope")
+
+    def __init__(self, scope: asyncio.Timeout, budget: float) -> None:
+        loop = asyncio.get_running_loop()
+        self.scope = scope
+        self.handle = loop.call_at(loop.time() + budget, self._expire, loop)
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.scope.reschedule(loop.time())  # due now: the scope cancels on the next turn
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+
+
 class RedisStore:
     """The async face of the Redis store (``SyncOverAsync`` gives sync callers theirs)."""
 
@@ -333,8 +357,9 @@ class RedisStore:
         try:
             return await self._run(script, [self._key(f"i:{digest}", "i")], [self._now(), *args])
         except _RedisDown as exc:
+            reason = self.down_reason if self.down else f"no answer within {self.timeout * 1000:g} ms"
             raise StoreUnavailable(f"idempotency needs Redis at {self.redacted_url}, which is unavailable "
-                                   f"({self.down_reason})") from exc
+                                   f"({reason})") from exc
 
     async def reset(self) -> None:
         """Delete every key under the prefix (for tests) and forget local state."""
@@ -560,12 +585,15 @@ class RedisStore:
             # busy machine) is warm-up, not an answer: it may take COLD_BUDGET_SECONDS, once per
             # loop and epoch, unless answers are already late (a frozen Redis must cost no more).
             budget = max(self.timeout, COLD_BUDGET_SECONDS) if cold and not self._late else self.timeout
-            async with asyncio.timeout(budget):
+            async with asyncio.timeout(None) as scope:
+                deadline = _Deadline(scope, budget)
                 try:
                     reply = await client.evalsha(script.sha, len(keys), *keys, *args)
                 except NoScriptError:
                     await client.script_load(script.text)
                     reply = await client.evalsha(script.sha, len(keys), *keys, *args)
+                finally:
+                    deadline.cancel()
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc)
             raise _RedisDown(str(exc)) from exc
@@ -617,8 +645,9 @@ class RedisStore:
             else:
                 background.portal().start_task_soon(self._probe_until_up)
 
-    def _log_transition(self, *, down: bool) -> None:
-        """At most one degraded/recovered pair per LOG_DAMPING_SECONDS; a line counts the unlogged."""
+    def _log_transition(self, *, down: bool, held_back: bool = False) -> None:
+        """At most one degraded/recovered pair per LOG_DAMPING_SECONDS; a line counts the unlogged.
+        ``held_back``: not a new transition, the current outage's line that damping held back."""
         now = time.monotonic()
         with self._lock:
             if down:
@@ -628,8 +657,10 @@ class RedisStore:
             else:
                 write, self._down_logged = self._down_logged, False
             if not write:
-                self._unlogged += 1
+                self._unlogged += 0 if held_back else 1
                 return
+            if held_back:
+                self._unlogged -= 1  # the line stands for the transition it was held back from
             unlogged, self._unlogged = self._unlogged, 0
         fields = {"url": self.redacted_url, "unlogged_transitions": unlogged}
         if down:
@@ -650,7 +681,7 @@ class RedisStore:
             while True:
                 await anyio.sleep(PROBE_SECONDS)
                 if not self._down_logged and self.down:
-                    self._log_transition(down=True)  # an outage whose line the damping held back
+                    self._log_transition(down=True, held_back=True)
                 try:
                     await self._healthy()
                 except (RedisError, OSError, TimeoutError) as exc:

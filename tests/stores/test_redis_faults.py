@@ -49,10 +49,12 @@ def server(redis_server: RedisServer) -> Iterator[RedisServer]:
     client.close()
 
 
-def make_store(url: str, **kwargs: Any) -> SyncOverAsync:
-    """A store of its own; its log lines name it (the URL's fragment), apart from earlier tests' stores."""
+def make_store(url: str, timeout: float = 0.5) -> SyncOverAsync:
+    """A store of its own; its log lines name it (the URL's fragment), apart from earlier tests' stores.
+    Its budget is longer than production's (a loaded machine may stall 100 ms); the tests that
+    make answers late by freezing Redis pass a short one."""
     prefix = f"f-{uuid.uuid4().hex[:8]}"
-    return SyncOverAsync(RedisStore(url, redacted_url=f"{url}#{prefix}", prefix=prefix, **kwargs))
+    return SyncOverAsync(RedisStore(url, redacted_url=f"{url}#{prefix}", prefix=prefix, timeout=timeout))
 
 
 def lines(caplog: pytest.LogCaptureFixture, store: SyncOverAsync, event: str) -> int:
@@ -75,7 +77,7 @@ def admitted(store: SyncOverAsync, plan: Plan, n: int) -> int:
 
 
 def test_one_late_answer_fails_open_for_that_call_only(server: RedisServer) -> None:
-    store = make_store(server.url)
+    store = make_store(server.url, timeout=0.2)
     plan = limited()
     store.admit(plan)
     server.freeze()
@@ -90,7 +92,7 @@ def test_one_late_answer_fails_open_for_that_call_only(server: RedisServer) -> N
 def test_late_answers_in_a_row_mark_redis_down_then_the_probe_brings_it_back(
         server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="baldur")
-    store = make_store(server.url)
+    store = make_store(server.url, timeout=0.1)
     plan = limited()
     store.admit(plan)
     server.freeze()
@@ -276,7 +278,8 @@ def test_claims_are_renewed_in_the_parent_after_a_fork_and_in_the_child(
         server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(idempotency_policy, "LEASE_SECONDS", 1.5)
     monkeypatch.setattr(_idempotency, "LEASE_SECONDS", 1.5)  # renewed every 0.5 s
-    runtime = _runtime.init(redis_url=server.url, key_prefix=f"claims-{uuid.uuid4().hex[:6]}")
+    runtime = _runtime.init(redis_url=server.url, key_prefix=f"claims-{uuid.uuid4().hex[:6]}",
+                            redis_timeout_ms=1000)
     client = redis.Redis.from_url(server.url)
 
     def outlives_its_lease(key: str) -> bool:
@@ -304,7 +307,7 @@ def test_claims_are_renewed_in_the_parent_after_a_fork_and_in_the_child(
         held.abort()
     finally:
         client.close()
-        _runtime.init(redis_url=None, key_prefix="baldur")
+        _runtime.init(redis_url=None, key_prefix="baldur", redis_timeout_ms=100)
 
 
 def test_a_required_shared_store_that_is_unreachable_refuses_to_start(server: RedisServer) -> None:
@@ -328,3 +331,69 @@ def test_no_repr_shows_the_password(server: RedisServer) -> None:
             assert "s3cret-pw" not in text and "pw2" not in text, text
     finally:
         _runtime.init(redis_url=None)
+
+
+def test_a_flapping_redis_logs_at_most_one_pair_per_damping_period_with_a_count(
+        server: RedisServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from baldur.stores import redis as redis_module
+
+    monkeypatch.setattr(redis_module, "LOG_DAMPING_SECONDS", 3600.0)
+    caplog.set_level(logging.WARNING, logger="baldur")
+    store = make_store(server.url)
+    plan = limited()
+    for _ in range(3):  # three outages in a row, each seen and each over
+        server.stop()
+        try:
+            assert store.admit(plan).local and store.store.down
+        finally:
+            server.start()
+        poll(lambda: not store.store.down, "the probe did not find Redis back")
+    assert lines(caplog, store, "store.degraded") == 1 and lines(caplog, store, "store.recovered") == 1
+    monkeypatch.setattr(redis_module, "LOG_DAMPING_SECONDS", 0.0)
+    server.stop()
+    try:
+        store.admit(plan)
+    finally:
+        server.start()
+    poll(lambda: not store.store.down, "the probe did not find Redis back")
+    assert lines(caplog, store, "store.degraded") == 2
+    assert any("(4 transitions since the last line)" in r.getMessage() for r in caplog.records)
+
+
+def test_a_late_answer_for_a_bucket_redis_just_emptied_is_refused_as_redis_would(server: RedisServer) -> None:
+    store = make_store(server.url, timeout=0.2)
+    plan = limited("3/hour")
+    for _ in range(3):
+        store.admit(plan)
+    with pytest.raises(Rejected):
+        store.admit(plan)  # Redis: empty for the next 20 minutes
+    server.freeze()
+    try:
+        with pytest.raises(Rejected) as caught:
+            store.admit(plan)  # late: decided here, and not admitted
+    finally:
+        server.thaw()
+    assert not store.store.down and 1190 < caught.value.retry_after <= 1200
+
+
+def test_an_answer_that_arrived_while_this_process_was_not_running_is_kept(server: RedisServer) -> None:
+    """The loop is blocked (as a busy machine would stop the process) while the script is in
+    flight and past the budget: the answer waits in the socket, and is used, not thrown away."""
+    import asyncio
+
+    store = make_store(server.url, timeout=0.1)
+    plan = limited("3/hour")
+    store.admit(plan)  # the connection is warm
+
+    async def admit_while_the_loop_stops() -> Any:
+        async def stop_the_loop() -> None:
+            await asyncio.sleep(0)  # one turn: the script is sent and the admission waits for its answer
+            time.sleep(5 * store.store.timeout)
+
+        admission = asyncio.ensure_future(store.store.admit(plan))
+        await stop_the_loop()
+        return await asyncio.gather(admission, return_exceptions=True)
+
+    [ticket] = run_sync(admit_while_the_loop_stops)
+    assert not ticket.local, "decided locally instead of by Redis"
+    assert ticket.rate.remaining == 1 and not store.store.down
