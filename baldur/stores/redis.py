@@ -96,6 +96,8 @@ _log_store = logging.getLogger("baldur.store")
 _OUTCOME_CODE = {Outcome.SUCCESS: "s", Outcome.FAILURE: "f", Outcome.IGNORED: "i"}
 _TRANSITION_EVENTS = {"open": "circuit.opened", "half_open": "circuit.half_open", "closed": "circuit.closed"}
 _stores: weakref.WeakSet[RedisStore] = weakref.WeakSet()
+#: In a forked child: what the parent's stores held (see ``forget_after_fork``), never finalised.
+_inherited: list[object] = []
 
 
 def _script(name: str) -> str:
@@ -182,6 +184,7 @@ class RedisStore:
         self._leases: dict[str, str] = {}  # lease id → its concurrency key, while this process holds it
         self._renewer = False
         self._shares: dict[int, tuple[Plan, Plan]] = {}  # id(plan) → (plan, its local share)
+        self._limit_shares: dict[RateLimit, RateLimit] = {}
         self._exhausted: dict[tuple[str, str | None], float] = {}  # (name, client) → refused until (monotonic)
         self._closing: set[asyncio.Task[None]] = set()
         self._logged_down_at = -LOG_DAMPING_SECONDS  # when the last store.degraded line was written
@@ -535,8 +538,14 @@ class RedisStore:
         """``limit`` divided among the workers: what this process may admit on its own."""
         if self.workers < 2:
             return limit
-        return RateLimit(f"{max(1, limit.quota // self.workers)}/{round(limit.period)}s",
-                         burst=max(1, limit.burst // self.workers))
+        share = self._limit_shares.get(limit)
+        if share is None:
+            share = RateLimit(f"{max(1, limit.quota // self.workers)}/{round(limit.period)}s",
+                              burst=max(1, limit.burst // self.workers))
+            if len(self._limit_shares) >= 1_000:
+                self._limit_shares.clear()
+            self._limit_shares[limit] = share
+        return share
 
     def _local_ticket(self, ticket: Ticket) -> Ticket:
         if ticket is ticket.plan.plain_ticket:
@@ -719,6 +728,10 @@ class RedisStore:
     def forget_after_fork(self) -> None:
         """In a child: nothing of the parent's holds here (its loops, its probe, its calls), and
         whether Redis is down is the child's to find out, starting with a warm-up."""
+        # The parent's clients stay referenced for good: if one were collected here while a loop
+        # of ours runs, redis-py would close its connection through the parent's loop, whose
+        # epoll instance the child shares, and unregister the parent's socket from it.
+        _inherited.append((self._clients, self._closing))
         self._lock = threading.Lock()
         self._clients = weakref.WeakKeyDictionary()
         self._pending = {}
@@ -729,7 +742,7 @@ class RedisStore:
         self._down_logged, self._unlogged = False, 0
         self._logged_down_at = -LOG_DAMPING_SECONDS
         self.workers = _known_workers()
-        self._shares = {}
+        self._shares, self._limit_shares = {}, {}
         self._exhausted = {}
         self._closing = set()
         self.local.reset()

@@ -397,3 +397,25 @@ def test_an_answer_that_arrived_while_this_process_was_not_running_is_kept(serve
     [ticket] = run_sync(admit_while_the_loop_stops)
     assert not ticket.local, "decided locally instead of by Redis"
     assert ticket.rate.remaining == 1 and not store.store.down
+
+
+def test_a_child_that_collects_the_parents_clients_leaves_the_parents_connections_alone(
+        server: RedisServer) -> None:
+    """The parent's loops share their epoll instance with a child: a client of the parent's
+    finalised in the child (while a loop of the child's runs) must not unregister its socket."""
+    import asyncio
+    import gc
+
+    store = make_store(server.url)
+    plan = limited("1000/hour")
+    assert not store.admit(plan).local  # this thread's loop has a connection now
+
+    def child() -> bool:
+        async def collect() -> None:
+            gc.collect()
+
+        asyncio.run(collect())
+        return True
+
+    assert _in_child(child)
+    assert not store.admit(plan).local, "the parent's connection no longer hears its answers"
