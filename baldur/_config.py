@@ -13,6 +13,7 @@ import math
 import os
 import re
 import sys
+import urllib.parse
 import warnings
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, fields, replace
@@ -125,15 +126,42 @@ def _redis_url(name: str, value: object, example: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise ConfigError(name, value, example, "expected a URL string")
-    scheme = value.strip().partition("://")[0].lower()
-    if scheme not in ("redis", "rediss", "unix") or "://" not in value:
-        raise ConfigError(name, _redact(value), example, "the scheme must be redis://, rediss:// or unix://")
-    return value.strip()
+    url = value.strip()
+    scheme = url.partition("://")[0].lower()
+    if scheme not in ("redis", "rediss", "unix") or "://" not in url:
+        raise ConfigError(name, _redact(url), example, "the scheme must be redis://, rediss:// or unix://")
+    try:
+        from redis.connection import parse_url
+    except ImportError:  # the Redis store says what to install when it starts
+        return url
+    try:
+        # redis-py's own reading of the URL: what it would connect with is what is checked here.
+        options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        raise ConfigError(name, _redact(url), example, str(exc)) from None
+    database = urllib.parse.unquote(urllib.parse.urlsplit(url).path).replace("/", "")
+    if scheme != "unix" and "db" not in options and database and not database.isdigit():
+        # redis-py would quietly use database 0.
+        raise ConfigError(name, _redact(url), example,
+                          f"the database number {database!r} after the host is not a whole number ≥ 0")
+    return url
+
+
+#: A query parameter whose (decoded) name says it holds a secret: redis-py passes every
+#: parameter on to the connection (``?password=``, ``?pass%77ord=``, ``?ssl_password=``).
+_SECRET_PARAMETER = re.compile(r"pass|secret|token|auth|key", re.IGNORECASE)
+
+
+def _redact_parameter(match: re.Match[str]) -> str:
+    lead, parameter = match[1], match[2]
+    if _SECRET_PARAMETER.search(urllib.parse.unquote_plus(parameter)):
+        return f"{lead}{parameter}=***"
+    return match[0]
 
 
 def _redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    url = re.sub(r"(?i)(password=)[^&#]*", r"\1***", url)  # redis-py also reads ?password=
+    """The URL without its passwords (in the user info or any query parameter), for messages and logs."""
+    url = re.sub(r"([?&;])([^=&;#?]*)=([^&;#]*)", _redact_parameter, url)
     scheme, sep, rest = url.partition("://")
     if not sep:  # "user:secret@host" without a scheme must not leak the secret either
         scheme, rest = "", url
@@ -224,6 +252,11 @@ class Settings:
 
     def redacted_redis_url(self) -> str | None:
         return None if self.redis_url is None else _redact(self.redis_url)
+
+    def __repr__(self) -> str:  # the dataclass's own would show the Redis password
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown["redis_url"] = self.redacted_redis_url()
+        return f"Settings({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
 
 
 def _parse_one(name: str, value: object, origin: str) -> Any:

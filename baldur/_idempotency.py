@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import secrets
 import threading
 from collections.abc import Callable, Iterator
@@ -174,7 +175,16 @@ class _Held:
             raise
 
 
+    def forget_after_fork(self) -> None:
+        """In a child: the parent's calls and its renewing task are not here; the child's own
+        claims start a renewing task of their own."""
+        self._lock = threading.Lock()
+        self._claims = set()
+        self._renewing = False
+
+
 _held = _Held()
+os.register_at_fork(after_in_child=_held.forget_after_fork)
 
 
 def encode_result(name: str, result: Any) -> str:

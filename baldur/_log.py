@@ -34,6 +34,7 @@ EVENTS = {
     "idempotency.replayed": "baldur.idempotency",
     "idempotency.conflict": "baldur.idempotency",
     "store.per_process": "baldur.store",
+    "store.ready": "baldur.store",
 }
 _FOLD_SECONDS = 1.0
 _FOLD_MAX_KEYS = 10_000

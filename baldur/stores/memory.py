@@ -23,7 +23,7 @@ from baldur.policies import idempotency
 from baldur.policies.breaker import Breaker, BreakerState, Outcome, State
 from baldur.policies.concurrency import admits
 from baldur.policies.idempotency import IdempotencyRecord, Verdict
-from baldur.policies.rate_limit import RateDecision, RateLimit, gcra
+from baldur.policies.rate_limit import MICROS, RateDecision, RateLimit, gcra, micros
 from baldur.stores._decisions import TRANSITION_EVENTS, Admission, announce_transition, rejection
 from baldur.stores._types import ExtraLimit, IdempotencyStart, Plan, Ticket
 
@@ -217,10 +217,13 @@ class MemoryStore:
     # -- helpers (called with the lock held) ------------------------------
 
     def _rate(self, key: str, limit: RateLimit, now: float) -> RateDecision:
-        tat: float | None = self._keys.get(key)  # type: ignore[assignment]
-        decision, new_tat = gcra(tat, now, limit)
+        # A TAT is kept as a float of microseconds (exact below 2**53 µs, 285 years), which
+        # tells it from a concurrency counter (an int) when evicting.
+        stored: float | None = self._keys.get(key)  # type: ignore[assignment]
+        tat = None if stored is None else int(stored)
+        decision, new_tat = gcra(tat, micros(now), limit)
         if new_tat is not None and new_tat != tat:
-            self._put(key, new_tat)
+            self._put(key, float(new_tat))
         return decision
 
     def _breaker(self, key: str, name: str, options: Breaker) -> BreakerState:
@@ -256,7 +259,7 @@ class MemoryStore:
         # looking at a bounded number of the oldest keys; then plain LRU.
         for _ in range(min(64, len(keys))):
             key, value = next(iter(keys.items()))
-            if (isinstance(value, float) and value <= now) or value == 0:
+            if (isinstance(value, float) and value <= now * MICROS) or value == 0:
                 del keys[key]
                 if len(keys) <= self.max_keys:
                     return

@@ -49,6 +49,12 @@ def demo() -> Response:
     return jsonify({"status": "ok", "service": "demo"})
 
 
+@app.post("/orders")
+def orders() -> tuple[Response, int]:
+    """Touches no Redis of its own: with an ``Idempotency-Key`` only Baldur's claim needs Redis."""
+    return jsonify({"order": request.get_json(silent=True)}), 201
+
+
 @app.get("/limited")
 @baldur.protected("limited", rate_limit="100/hour")
 def limited() -> Response:

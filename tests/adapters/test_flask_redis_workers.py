@@ -315,7 +315,8 @@ def test_requests_answer_fast_while_redis_is_frozen_or_dead_and_sharing_resumes(
         _all_answer_fast(server, 24)
     finally:
         redis_server.start()
-    assert "ConnectionError" in server.output()
+    # No second store.degraded line: within LOG_DAMPING_SECONDS of the first pair, the outage is
+    # counted in the next line instead (tests/adapters/test_redis_faults_workers.py).
     poll(lambda: _shared_everywhere(server, store), "the shared limit did not return after a restart",
          every=0.1)
 

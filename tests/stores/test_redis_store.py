@@ -19,21 +19,27 @@ import redis
 from baldur.bridges import SyncOverAsync
 from baldur.errors import CircuitOpen, ConfigError, Overloaded, Rejected
 from baldur.policies.breaker import BUCKETS, Breaker, Outcome, State
-from baldur.policies.rate_limit import RateLimit
+from baldur.policies.rate_limit import MICROS, RateDecision, RateLimit
 from baldur.stores._decisions import Admission
 from baldur.stores._types import Plan, Ticket
 from baldur.stores.memory import MemoryStore
-from baldur.stores.redis import RedisStore
+from baldur.stores.redis import RedisStore, _decision_fields
 from tests.breaker_cases import CASE_IDS, CASES, RuleCase
 from tests.redis_server import RedisServer
 
 
 class FakeClock:
+    """Seconds as the stores read them, kept in integer microseconds: both stores then see one instant
+    (Redis receives the microseconds; a float of seconds since the epoch would not round-trip)."""
+
     def __init__(self, start: float = 1_000_000.0) -> None:
-        self.now = start
+        self.us = round(start * MICROS)
 
     def __call__(self) -> float:
-        return self.now
+        return self.us / MICROS
+
+    def advance(self, seconds: float) -> None:
+        self.us += round(seconds * MICROS)
 
 
 @pytest.fixture
@@ -90,7 +96,7 @@ def test_the_same_random_sequence_gives_the_same_decisions_on_both_stores(redis_
             shared.finish(ticket_s, outcome)
             flush(shared)
         else:
-            clock.now += rng.choice([0.1, 0.5, 1.0, 3.0, 6.0])
+            clock.advance(rng.choice([0.1, 0.5, 1.0, 3.0, 6.0]))
         assert memory.read_breaker(plan.name, options) == shared.read_breaker(plan.name, options), f"step {step}"
 
 
@@ -99,13 +105,13 @@ def test_the_same_random_sequence_gives_the_same_decisions_on_both_stores(redis_
 def test_the_failure_rate_is_checked_after_every_outcome_on_both_stores(
         redis_url: str, case: RuleCase, written_behind: bool) -> None:
     clock = FakeClock()
-    start = clock.now
+    start = clock.us
     memory, shared = make_pair(redis_url, clock)
     plan = Plan(f"rule-{case.id}", case.options, None, None)
     for at, failed in case.outcomes:
-        if written_behind and clock.now != start + at:
+        if written_behind and clock.us != start + round(at * MICROS):
             flush(shared)  # the background flusher sends within FLUSH_SECONDS: before the clock moves on
-        clock.now = start + at
+        clock.us = start + round(at * MICROS)
         for store in (memory, shared):
             assert store.read_breaker(plan.name, case.options) is State.CLOSED, f"opened before {at}"
             store.finish(store.admit(plan), Outcome.FAILURE if failed else Outcome.SUCCESS)
@@ -153,11 +159,51 @@ def test_rate_decisions_match_the_memory_store(redis_url: str) -> None:
     limit = RateLimit("100/minute")
     rng = random.Random(3)
     for _ in range(300):
-        a, b = memory.rate("client", limit), shared.rate("client", limit)
-        assert (a.allowed, a.remaining) == (b.allowed, b.remaining)
-        assert a.retry_after == pytest.approx(b.retry_after, abs=1e-6)
-        assert a.next_after == pytest.approx(b.next_after, abs=1e-6)
-        clock.now += rng.choice([0.0, 0.0, 0.1, 0.6, 2.0])
+        assert memory.rate("client", limit) == shared.rate("client", limit)
+        clock.advance(rng.choice([0.0, 0.0, 0.1, 0.6, 2.0]))
+
+
+def _script_decisions(url: str, store: RedisStore, key: str, limit: RateLimit,
+                      instants: list[int]) -> list[RateDecision]:
+    """The rate script run at each instant (µs), pipelined: a burst of 100 000 in a second or two."""
+    client = redis.Redis.from_url(url)
+    script = store._scripts["rate"]
+    client.script_load(script.text)
+    decisions = []
+    for start in range(0, len(instants), 10_000):
+        pipe = client.pipeline(transaction=False)
+        for now in instants[start:start + 10_000]:
+            pipe.evalsha(script.sha, 1, store._key(key, "r"), now, limit.interval_us, limit.tolerance_us)
+        decisions += [RateDecision(*_decision_fields(reply)) for reply in pipe.execute()]
+    client.close()
+    return decisions
+
+
+@pytest.mark.parametrize("spec", ["10000/second", "15000/second", "50000/minute", "100000/day"])
+def test_at_an_epoch_clock_both_stores_make_identical_decisions_at_any_rate(redis_url: str, spec: str) -> None:
+    """A burst at one instant, then a drain, probes a microsecond either side of each boundary and
+    random steps: every decision, remaining, retry_after, next_after and reset_after is identical."""
+    limit = RateLimit(spec)
+    start = 1_700_000_000_123_457
+    rng = random.Random(spec)
+    instants = [start] * (limit.quota + 10)
+    now = start + limit.interval_us * 3 // 2  # half an interval after the first refill
+    for _ in range(2000):
+        step = rng.choice([0, 1, limit.interval_us - 1, limit.interval_us, rng.randrange(3 * limit.interval_us)])
+        now += step
+        instants.append(now)
+    now += limit.interval_us * (limit.quota + 1)  # drained: a full burst again, and one call early or late
+    instants += [now - 1, now, now]
+    memory = MemoryStore(clock=lambda: 0.0)
+    expected = []
+    for instant in instants:
+        memory.clock = lambda instant=instant: instant / MICROS
+        expected.append(memory.rate("client", limit))
+    store = RedisStore(redis_url, redacted_url=redis_url, prefix="epoch")
+    got = _script_decisions(redis_url, store, "client", limit, instants)
+    assert sum(d.allowed for d in got[:limit.quota + 10]) == limit.quota
+    for i, (mine, theirs) in enumerate(zip(expected, got, strict=True)):
+        assert mine == theirs, (i, instants[i] - start, mine, theirs)
 
 
 def test_a_limit_of_100_admits_exactly_100_at_once(redis_url: str) -> None:
@@ -181,6 +227,21 @@ def test_every_key_has_a_ttl_and_carries_the_prefix_and_a_hash_tag(redis_url: st
         assert key.startswith("tt:{"), key
         assert client.ttl(key) > 0, f"{key} lives forever"
     client.close()
+
+
+def test_distinct_client_values_are_distinct_keys_and_none_opens_a_hash_tag(redis_url: str) -> None:
+    store = SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url, prefix="esc"))
+    limit = RateLimit("1/hour")
+    values = ["{bob}", "(bob)", "bob", "%7Bbob%7D", "{", "}{", "web:{x}y"]
+    for value in values:
+        assert store.rate(value, limit).allowed, value  # each its own bucket: its first call passes
+        assert not store.rate(value, limit).allowed, value
+    client = redis.Redis.from_url(redis_url)
+    keys = sorted(k.decode() for k in client.keys("esc:*"))
+    client.close()
+    assert len(keys) == len(values)
+    for key in keys:  # the hash tag is the whole (escaped) value: one "{" and one "}", in order
+        assert key.count("{") == 1 and key.count("}") == 1 and key.index("{") < key.index("}"), key
 
 
 def test_a_script_flushed_from_redis_is_loaded_again(redis_url: str) -> None:

@@ -5,10 +5,13 @@
 -- decisions. BUCKETS and the admission codes are defined by Python
 -- (baldur/stores/_decisions.py: lua_constants), prepended to every script.
 
+-- Now in integer microseconds: the caller's (tests), else the server's TIME. Doubles
+-- hold integers exactly below 2^53 (285 years of microseconds); a float of seconds
+-- since the epoch would have 0.24 µs spacing and drift under addition.
 local function clock(arg)
   if arg ~= '' then return tonumber(arg) end
   local t = redis.call('TIME')
-  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
 -- Round-trips a double exactly (Lua's tostring keeps only 14 digits).
@@ -17,31 +20,31 @@ local function fmt(x)
 end
 
 -- GCRA -------------------------------------------------------------------
+-- policies/rate_limit.py's gcra: integer microseconds throughout, then one
+-- division into seconds for the answer, so both stores give the same doubles.
 
-local function remaining_units(slack, interval, eps)
-  if slack + eps >= 0 then return math.floor((slack + eps) / interval) + 1 end
+local function remaining_units(slack, interval)
+  if slack >= 0 then return math.floor(slack / interval) + 1 end
   return 0
 end
 
--- Spends one unit of the limit stored at key. Returns allowed (0/1),
--- remaining, retry_after, next_after, reset_after.
+-- Spends one unit of the limit stored at key (now, interval, tolerance in µs).
+-- Returns allowed (0/1), remaining, retry_after, next_after, reset_after (seconds).
 local function gcra(key, now, interval, tolerance)
   local tat = tonumber(redis.call('GET', key))
   local base = now
   if tat ~= nil and tat >= now then base = tat end
   local new_tat = base + interval
   local allow_at = new_tat - tolerance - interval
-  -- The float slack of policies/rate_limit.py: a TAT built by adding intervals drifts by a few ulps.
-  local _, exponent = math.frexp(new_tat)
-  local eps = math.min(0.5 * interval, 4 * (tolerance / interval + 1) * math.ldexp(1.0, exponent - 53))
-  if allow_at - now > eps then
-    return 0, remaining_units(tolerance - (base - now), interval, eps), allow_at - now, allow_at - now, base - now
+  if allow_at > now then
+    local wait = (allow_at - now) / 1000000
+    return 0, remaining_units(tolerance - (base - now), interval), wait, wait, (base - now) / 1000000
   end
   local slack = tolerance - (new_tat - now)
   local next_after
-  if slack + eps >= 0 then next_after = interval - ((slack + eps) % interval - eps) else next_after = -slack end
-  redis.call('SET', key, fmt(new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
-  return 1, remaining_units(slack, interval, eps), 0, next_after, new_tat - now
+  if slack >= 0 then next_after = interval - slack % interval else next_after = -slack end
+  redis.call('SET', key, string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+  return 1, remaining_units(slack, interval), 0, next_after / 1000000, (new_tat - now) / 1000000
 end
 
 -- Breaker ----------------------------------------------------------------

@@ -2,20 +2,21 @@
 -- limit), the plan's rate limit, then a concurrency lease, then the breaker's
 -- pre-flight (after recording this worker's written-behind successes).
 -- KEYS: 1 rate TAT, 2 concurrency leases (zset, score = expiry), 3 breaker hash, 4 extra TAT
--- ARGV: 1 now ('' = server clock)
---       2 rate interval (0 = no limit), 3 rate tolerance
+-- ARGV: 1 now in µs ('' = server clock)
+--       2 rate interval in µs (0 = no limit), 3 rate tolerance in µs
 --       4 concurrency limit (0 = none), 5 lease id, 6 lease seconds
 --       7 breaker on (0/1), 8..14 breaker options (see breaker_options)
 --       15 successes written behind since the last call
---       16 extra interval (0 = none), 17 extra tolerance
+--       16 extra interval in µs (0 = none), 17 extra tolerance in µs
 -- Returns {admission, remaining, retry_after, next_after, reset_after, trial, transitions,
 --          extra: allowed, remaining, retry_after, next_after, reset_after}
 --   admission: one of the codes of baldur/stores/_decisions.py (Admission), defined before this script
-local now = clock(ARGV[1])
+local now_us = clock(ARGV[1])
+local now = now_us / 1000000
 local extra = {1, 0, '0', '0', '0'}
 local extra_interval = tonumber(ARGV[16])
 if extra_interval > 0 then
-  local allowed, e_remaining, e_retry, e_next, e_reset = gcra(KEYS[4], now, extra_interval, tonumber(ARGV[17]))
+  local allowed, e_remaining, e_retry, e_next, e_reset = gcra(KEYS[4], now_us, extra_interval, tonumber(ARGV[17]))
   extra = {allowed, e_remaining, fmt(e_retry), fmt(e_next), fmt(e_reset)}
   if allowed == 0 then
     return {EXTRA_RATE_LIMITED, 0, fmt(e_retry), '0', '0', 0, '', unpack(extra)}
@@ -25,7 +26,7 @@ local interval = tonumber(ARGV[2])
 local remaining, retry_after, next_after, reset_after = 0, 0, 0, 0
 if interval > 0 then
   local allowed
-  allowed, remaining, retry_after, next_after, reset_after = gcra(KEYS[1], now, interval, tonumber(ARGV[3]))
+  allowed, remaining, retry_after, next_after, reset_after = gcra(KEYS[1], now_us, interval, tonumber(ARGV[3]))
   if allowed == 0 then
     return {RATE_LIMITED, remaining, fmt(retry_after), fmt(next_after), fmt(reset_after), 0, '', unpack(extra)}
   end
