@@ -112,6 +112,20 @@ def statuses(answers: list[Answer]) -> Counter[int]:
     return Counter(a.status for a in answers)
 
 
+def until_every_worker_answered(server: Server, path: str, answers: list[Answer],
+                                headers: dict[str, str] | None = None) -> list[Answer]:
+    """More requests to ``path``, a few at a time, until every worker has answered one of ``answers``
+    or of these (the kernel, not the test, picks which worker accepts a connection); fails, naming
+    the workers seen, if that takes longer than the deadline. Returns the requests added."""
+    more: list[Answer] = []
+    end = time.monotonic() + DEADLINE
+    while len({a.pid for a in answers + more}) < WORKERS:
+        assert time.monotonic() < end, (f"not every worker answered within {DEADLINE} s: "
+                                        f"{Counter(a.pid for a in answers + more)}")
+        more += server.get_many(path, 8, parallel=8, headers=headers)
+    return more
+
+
 def poll(check: Callable[[], bool], what: str, deadline: float = DEADLINE, every: float = 0.05) -> None:
     end = time.monotonic() + deadline
     while time.monotonic() < end:
@@ -188,9 +202,10 @@ def test_a_limit_of_100_admits_exactly_100_of_300_across_workers(
     server = start_gunicorn(*(["--preload"] if preload else []), TEST_APP_RATE_LIMIT=app_limit)
     answers = server.get_many(path, 300)
     assert statuses(answers) == {200: 100, 429: 200}, server.output()
-    # Not one worker's private count: the admitted and the refused came from several workers.
-    # Several workers answered, and 100 in all were admitted: each would admit 100 on its own.
-    assert len({a.pid for a in answers}) >= 2
+    # Not one worker's private count: every worker refuses once the fleet has admitted 100 (each
+    # would admit 100 on its own).
+    more = until_every_worker_answered(server, path, answers)
+    assert {a.status for a in more} <= {429}, server.output()
     refused = next(a for a in answers if a.status == 429)
     assert int(refused.headers["retry-after"]) > 0
     assert "store.degraded" not in server.output()
@@ -213,12 +228,8 @@ def test_a_breaker_tripped_through_some_workers_rejects_on_all_and_the_view_runs
     assert 5 <= ran <= 2 * 5, f"the failing view ran {ran} times before the breaker opened"
 
     after = server.get_many("/flaky", 50, parallel=8)
-    # ... and more until every worker has answered (the kernel picks which worker accepts).
-    end = time.monotonic() + DEADLINE
-    while len({a.pid for a in after}) < WORKERS and time.monotonic() < end:
-        after += server.get_many("/flaky", 16, parallel=8)
+    after += until_every_worker_answered(server, "/flaky", after)
     assert statuses(after) == {503: len(after)}
-    assert len({a.pid for a in after}) == WORKERS, "not every worker answered"
     assert server.counted("flaky") == ran, "a request reached the failing view after the breaker opened"
     assert 0 < int(after[0].headers["retry-after"]) <= 30
     poll(lambda: "circuit.opened" in server.output(), "no circuit.opened line in the log")
@@ -247,14 +258,15 @@ def test_half_open_lets_exactly_three_trials_through_across_workers(
 
     release = f"{server.prefix}:test:release"
     with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
-        futures = [pool.submit(server.get, "/trial") for _ in range(20)]
+        futures = [pool.submit(server.get, "/trial", None, DEADLINE + REQUEST_TIMEOUT) for _ in range(20)]
         # The trials hold their workers until released, so the circuit cannot close while the
-        # other 17 requests are decided; release them once those are answered (or after 5 s).
-        end = time.monotonic() + 5
+        # other 17 requests are decided; release them once those are answered (or, so that a
+        # wrong count still ends and is reported, after the deadline).
+        end = time.monotonic() + DEADLINE
         while time.monotonic() < end and sum(f.done() for f in futures) < 17:
             time.sleep(0.02)
         store.set(release, "1", ex=60)
-        answers = [f.result(timeout=REQUEST_TIMEOUT + 5) for f in futures]
+        answers = [f.result(timeout=DEADLINE + REQUEST_TIMEOUT + 5) for f in futures]
     assert statuses(answers) == {200: 3, 503: 17}, server.output()
     assert server.counted("trial") == 3
     # Three successful trials close the circuit for every worker.
@@ -326,10 +338,12 @@ def test_an_async_view_and_the_coroutine_it_protects_share_limits_across_workers
         start_gunicorn: Callable[..., Server]) -> None:
     server = start_gunicorn()
     answers = server.get_many("/async", 30, parallel=8)
-    # The view's inner coroutine is limited to 10/hour as a whole (a plain function's limit).
+    # The view's inner coroutine is limited to 10/hour as a whole (a plain function's limit) ...
     assert statuses(answers) == {200: 10, 429: 20}, server.output()
+    # ... for the whole fleet: every worker refuses once 10 have run (each would run 10 on its own).
+    more = until_every_worker_answered(server, "/async", answers)
+    assert {a.status for a in more} <= {429}, server.output()
     assert server.counted("async") == 10
-    assert len({a.pid for a in answers}) >= 2
     assert "Traceback" not in server.output()
 
 
