@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hypothesis import settings
+
 from baldur.policies.breaker import diagram
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,6 +20,14 @@ def test_ci_runs_the_readme_test_command() -> None:
     section = readme.split("## Run the tests", 1)[1]
     command = section.split("```bash\n", 1)[1].split("\n```", 1)[0].strip()
     assert command in (ROOT / ".ci" / "run").read_text()
+
+
+def test_ci_draws_the_same_hypothesis_examples_on_every_run() -> None:
+    """`.ci/run` selects the profile tests/conftest.py registers: derandomized, no deadlines."""
+    assert "\nexport HYPOTHESIS_PROFILE=ci\n" in (ROOT / ".ci" / "run").read_text()
+    ci = settings.get_profile("ci")
+    assert (ci.derandomize, ci.database, ci.deadline) == (True, None, None)
+    assert settings.get_profile("dev").deadline is None
 
 
 def test_the_quickstart_is_design_md_verbatim() -> None:
