@@ -254,7 +254,7 @@ def test_half_open_lets_exactly_three_trials_through_across_workers(
         seconds, micros = store.time()
         return seconds + micros / 1e6 >= opened_at + 1.0 + 0.01
 
-    poll(open_for_elapsed, "open_for did not elapse on the Redis clock", deadline=5)
+    poll(open_for_elapsed, "open_for did not elapse on the Redis clock")
 
     release = f"{server.prefix}:test:release"
     with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
@@ -419,13 +419,16 @@ def _store_level(url: str) -> tuple[Any, Plan]:
 
 def test_redis_found_down_by_the_background_flush_is_probed_until_it_returns(redis_server: RedisServer) -> None:
     store, plan = _store_level(redis_server.url)
-    store.finish(store.admit(plan), Outcome.SUCCESS)  # written behind: the background loop sends it
+    ticket = store.admit(plan)
     redis_server.freeze()
     try:
-        poll(lambda: store.store.down, "the background flush did not notice the frozen Redis", deadline=5, every=0.01)
+        # Written behind once Redis is frozen (else the flush could reach it first): only the
+        # background loop sends this success, so only the flush can find Redis down.
+        store.finish(ticket, Outcome.SUCCESS)
+        poll(lambda: store.store.down, "the background flush did not notice the frozen Redis", every=0.01)
     finally:
         redis_server.thaw()
-    poll(lambda: not store.store.down, "the store never left memory after Redis came back", deadline=5)
+    poll(lambda: not store.store.down, "the store never left memory after Redis came back")
 
 
 def test_a_call_hopping_to_the_background_loop_falls_back_when_redis_is_down(redis_server: RedisServer) -> None:
@@ -438,4 +441,4 @@ def test_a_call_hopping_to_the_background_loop_falls_back_when_redis_is_down(red
     finally:
         redis_server.thaw()
     assert ticket.local
-    poll(lambda: not store.store.down, "the store never left memory after Redis came back", deadline=5)
+    poll(lambda: not store.store.down, "the store never left memory after Redis came back")
