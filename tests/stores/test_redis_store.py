@@ -25,6 +25,10 @@ from baldur.stores.memory import MemoryStore
 from baldur.stores.redis import RedisStore
 from tests.redis_server import RedisServer
 
+#: The Redis timeout of the tests that are not about a slow Redis: on a loaded machine the store's
+#: 100 ms default is sometimes missed, and a timeout (correctly) falls back to this process's memory.
+PATIENT = 2.0
+
 
 class FakeClock:
     def __init__(self, start: float = 1_000_000.0) -> None:
@@ -45,7 +49,7 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
 
 def make_pair(url: str, clock: FakeClock) -> tuple[Any, Any]:
     memory = MemoryStore(clock=clock)
-    shared = SyncOverAsync(RedisStore(url, redacted_url=url, prefix="conf", clock=clock))
+    shared = SyncOverAsync(RedisStore(url, redacted_url=url, prefix="conf", clock=clock, timeout=PATIENT))
     return memory, shared
 
 
@@ -106,7 +110,7 @@ def test_rate_decisions_match_the_memory_store(redis_url: str) -> None:
 
 
 def test_a_limit_of_100_admits_exactly_100_at_once(redis_url: str) -> None:
-    store = SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url))
+    store = SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url, timeout=PATIENT))
     plan = Plan("hundred", None, RateLimit("100/hour"), None)
     outcomes = [attempt(store, plan)[0] for _ in range(150)]
     assert sum(o.startswith("admitted") for o in outcomes) == 100
@@ -114,7 +118,7 @@ def test_a_limit_of_100_admits_exactly_100_at_once(redis_url: str) -> None:
 
 
 def test_every_key_has_a_ttl_and_carries_the_prefix_and_a_hash_tag(redis_url: str) -> None:
-    store = SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url, prefix="tt"))
+    store = SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url, prefix="tt", timeout=PATIENT))
     plan = Plan("keys", Breaker(consecutive_failures=1), RateLimit("5/second"), 2)
     ticket = store.admit(plan, "10.0.0.1")
     store.finish(ticket, Outcome.FAILURE)
@@ -129,7 +133,7 @@ def test_every_key_has_a_ttl_and_carries_the_prefix_and_a_hash_tag(redis_url: st
 
 
 def test_a_script_flushed_from_redis_is_loaded_again(redis_url: str) -> None:
-    store = SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url))
+    store = SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url, timeout=PATIENT))
     plan = Plan("noscript", Breaker(), None, None)
     store.admit(plan)
     redis.Redis.from_url(redis_url).script_flush()
@@ -137,8 +141,8 @@ def test_a_script_flushed_from_redis_is_loaded_again(redis_url: str) -> None:
 
 
 def test_concurrency_leases_are_shared_and_given_back(redis_url: str) -> None:
-    one = SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url))
-    two = SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url))
+    one = SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url, timeout=PATIENT))
+    two = SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url, timeout=PATIENT))
     plan = Plan("pool", None, None, 2)
     first, second = one.admit(plan), two.admit(plan)
     with pytest.raises(Overloaded):
@@ -150,8 +154,8 @@ def test_concurrency_leases_are_shared_and_given_back(redis_url: str) -> None:
 
 
 def test_a_breaker_opened_through_one_process_rejects_in_another(redis_url: str) -> None:
-    one = SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url))
-    two = SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url))
+    one = SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url, timeout=PATIENT))
+    two = SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url, timeout=PATIENT))
     plan = Plan("shared-breaker", Breaker(consecutive_failures=2, open_for=30), None, None)
     for store in (one, two):
         store.finish(store.admit(plan), Outcome.FAILURE)
@@ -162,7 +166,7 @@ def test_a_breaker_opened_through_one_process_rejects_in_another(redis_url: str)
 
 
 def test_written_behind_successes_reach_redis_and_reset_the_failure_streak(redis_url: str) -> None:
-    store = SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url))
+    store = SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url, timeout=PATIENT))
     plan = Plan("streak", Breaker(consecutive_failures=3, failure_rate=None), None, None)
     for _ in range(2):
         store.finish(store.admit(plan), Outcome.FAILURE)
@@ -175,8 +179,8 @@ def test_written_behind_successes_reach_redis_and_reset_the_failure_streak(redis
 
 
 def test_forced_states_are_shared(redis_url: str) -> None:
-    one = SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url))
-    two = SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url))
+    one = SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url, timeout=PATIENT))
+    two = SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url, timeout=PATIENT))
     options = Breaker()
     one.force_breaker("forced", options, State.FORCED_OPEN)
     with pytest.raises(CircuitOpen):
@@ -225,7 +229,8 @@ def test_an_unparseable_url_is_a_config_error_without_the_password() -> None:
 def test_a_wrong_password_degrades_and_never_logs_the_password(redis_url: str,
                                                                caplog: pytest.LogCaptureFixture) -> None:
     url = redis_url.replace("redis://", "redis://user:hunter2@")
-    store = SyncOverAsync(RedisStore(url, redacted_url=redis_url.replace("redis://", "redis://user:***@")))
+    store = SyncOverAsync(RedisStore(url, redacted_url=redis_url.replace("redis://", "redis://user:***@"),
+                                      timeout=PATIENT))
     caplog.set_level(logging.WARNING, logger="baldur")
     store.admit(Plan("auth", Breaker(), RateLimit("5/second"), None))  # fails open on memory
     assert store.store.down
