@@ -377,8 +377,40 @@ def _settled(store: redis.Redis) -> Counter[str]:
     return last
 
 
+@contextlib.contextmanager
+def commands_sent(url: str, ours: redis.Redis) -> Iterator[Counter[str]]:
+    """The commands clients send while the block runs, by name, seen through Redis MONITOR (unlike
+    ``INFO commandstats`` it tells an admission from a flush): an EVALSHA by its script's name,
+    ``"evalsha admit"``. Not counted: what the scripts call inside Redis, and ``ours``' own INFO
+    and ECHO (the test's client; the ECHO marks the end)."""
+    from baldur.stores.redis import _Script
+
+    names = {_Script(name).sha: name for name in ("admit", "finish")}
+    sent: Counter[str] = Counter()
+    end_marker = f"end-of-block-{uuid.uuid4().hex}"
+    watcher = redis.Redis.from_url(url, socket_timeout=DEADLINE)
+    with watcher.monitor() as monitor:  # watching from here on (MONITOR's OK has been read)
+
+        def watch() -> None:
+            while end_marker not in (command := monitor.next_command())["command"]:
+                words = command["command"].split(maxsplit=2)
+                name = words[0].lower()
+                if command["client_type"] == "lua" or name in ("info", "echo"):
+                    continue
+                sent[f"evalsha {names.get(words[1], words[1])}" if name == "evalsha" else name] += 1
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            watching = pool.submit(watch)
+            try:
+                yield sent
+            finally:
+                ours.echo(end_marker)
+                watching.result(timeout=DEADLINE)
+    watcher.close()
+
+
 def test_redis_commands_per_request_of_the_quickstart_with_a_rate_limit(
-        start_gunicorn: Callable[..., Server], store: redis.Redis) -> None:
+        start_gunicorn: Callable[..., Server], store: redis.Redis, redis_server: RedisServer) -> None:
     server = start_gunicorn(app="app:app", cwd=QUICKSTART, BALDUR_RATE_LIMIT="1000000/hour")
     # Warm up until a burst opens no new connection: every worker has its connections and scripts.
     end = time.monotonic() + DEADLINE
@@ -391,20 +423,20 @@ def test_redis_commands_per_request_of_the_quickstart_with_a_rate_limit(
         if not opened or time.monotonic() > end:
             break
     requests = 400
-    answers = server.get_many("/demo", requests, parallel=8)
-    assert statuses(answers) == {200: requests}
-    during = _sent(store) - before  # the burst itself (its responses are all in)
-    total = _settled(store) - before  # and the successes written behind after it
-    per_request = sum(total.values()) / requests
+    with commands_sent(redis_server.url, store) as sent:
+        answers = server.get_many("/demo", requests, parallel=8)
+        assert statuses(answers) == {200: requests}
+        _settled(store)  # and the successes written behind after the burst
     print(f"\nRedis commands per request, quickstart + BALDUR_RATE_LIMIT, {WORKERS} workers, {requests} "
-          f"requests: {per_request:.4f} in all (evalsha {total['evalsha'] / requests:.4f}); "
-          f"during the burst {sum(during.values()) / requests:.4f}; sent: {dict(total)}")
+          f"requests: {sum(sent.values()) / requests:.4f} in all, of which admissions "
+          f"{sent['evalsha admit'] / requests:.4f}; sent: {dict(sent)}")
     # The contract: one round trip on the critical path (the client's limit and the view's
     # admission are one script) and at most two in all. A success is written behind and carried
     # by the worker's next admit; only a worker that idles flushes it alone (within
-    # FLUSH_SECONDS), at least once after the burst.
-    assert sum(during.values()) <= requests + requests // 50, dict(during)
-    assert sum(total.values()) <= 2 * requests, dict(total)
+    # FLUSH_SECONDS), at least once after the burst. How often a worker idles during the burst
+    # depends on the machine's load, so the flushes are bounded, the admissions counted exactly.
+    assert sent["evalsha admit"] == requests, dict(sent)
+    assert sum(sent.values()) <= 2 * requests, dict(sent)
 
 
 # -- regressions the worker tests found, pinned down in one process ---------------------
