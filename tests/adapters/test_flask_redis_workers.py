@@ -388,8 +388,8 @@ def commands_sent(url: str, ours: redis.Redis) -> Iterator[Counter[str]]:
     names = {_Script(name).sha: name for name in ("admit", "finish")}
     sent: Counter[str] = Counter()
     end_marker = f"end-of-block-{uuid.uuid4().hex}"
-    watcher = redis.Redis.from_url(url, socket_timeout=DEADLINE)
-    with watcher.monitor() as monitor:  # watching from here on (MONITOR's OK has been read)
+    with redis.Redis.from_url(url, socket_timeout=DEADLINE) as watcher, \
+            watcher.monitor() as monitor:  # watching from here on (MONITOR's OK has been read)
 
         def watch() -> None:
             while end_marker not in (command := monitor.next_command())["command"]:
@@ -406,7 +406,6 @@ def commands_sent(url: str, ours: redis.Redis) -> Iterator[Counter[str]]:
             finally:
                 ours.echo(end_marker)
                 watching.result(timeout=DEADLINE)
-    watcher.close()
 
 
 def test_redis_commands_per_request_of_the_quickstart_with_a_rate_limit(
