@@ -13,6 +13,7 @@ from pathlib import Path
 from unittest import SkipTest
 
 import pytest
+from hypothesis import settings
 
 import baldur
 from baldur.policies.breaker import diagram
@@ -21,8 +22,9 @@ from tests.docs_runner import INSTALL, PageRun, fresh_checkout, page_sybil
 ROOT = Path(__file__).resolve().parents[1]
 #: README first: its install is the newcomer's first command, on a checkout without a .venv.
 PAGES = ["README.md", "CONTRIBUTING.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md"))]
-#: Fences that hold neither a command nor code: a diagram (drawn from the code, see below) and plain text.
-NOT_COMMANDS = {"mermaid", "text"}
+#: Fences that hold neither a command nor code to run: a diagram (drawn from the code, see below), plain
+#: text, and the API's signatures (stub syntax, checked against the code by tests/test_api_docs.py).
+NOT_COMMANDS = {"mermaid", "text", "pyi"}
 RUN = {"bash", "console", "log", "python"}
 _FENCE = re.compile(r"^```(\S*)", re.M)
 _SKIP = re.compile(r"<!--\s*skip:\s*(\S+)(.*?)-->", re.S)
@@ -74,6 +76,14 @@ def test_ci_runs_the_readme_test_command() -> None:
     section = readme.split("## Run the tests", 1)[1]
     command = section.split("```bash\n", 1)[1].split("\n```", 1)[0].strip()
     assert command in (ROOT / ".ci" / "run").read_text()
+
+
+def test_ci_draws_the_same_hypothesis_examples_on_every_run() -> None:
+    """`.ci/run` selects the profile tests/conftest.py registers: derandomized, no deadlines."""
+    assert "\nexport HYPOTHESIS_PROFILE=ci\n" in (ROOT / ".ci" / "run").read_text()
+    ci = settings.get_profile("ci")
+    assert (ci.derandomize, ci.database, ci.deadline) == (True, None, None)
+    assert settings.get_profile("dev").deadline is None
 
 
 def test_the_quickstart_is_design_md_verbatim() -> None:
