@@ -11,6 +11,7 @@ What truly differs stays here: a sync deadline against an async cancel scope,
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import random
@@ -85,6 +86,8 @@ def protected(
                 face_is_async)
         functools.update_wrapper(wrapper, func)
         wrapper.__baldur__ = protection  # type: ignore[union-attr]
+        with contextlib.suppress(AttributeError, TypeError):  # a builtin or a bound method takes no attribute
+            setattr(func, _web.PROTECTED_BY, name)
         return cast(Callable[P, R], wrapper)
 
     return decorate

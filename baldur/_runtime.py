@@ -78,7 +78,7 @@ def _build(settings: Settings) -> Runtime:
     if settings.require_shared_store:
         raise ConfigError("BALDUR_REQUIRE_SHARED_STORE", "1", "BALDUR_REDIS_URL=redis://localhost:6379/0",
                           "a shared store is required but BALDUR_REDIS_URL is not set")
-    store = MemoryStore(max_keys=settings.memory_max_keys)
+    store = MemoryStore(max_keys=settings.memory_max_keys, max_response_bytes=settings.memory_max_response_bytes)
     runtime = Runtime(settings, store, AsyncOverSync(store), settings.default_breaker(), False)
     warn_if_per_process(runtime.shared, forked=False)
     return runtime
