@@ -169,6 +169,8 @@ def normalise_address(address: str, ipv6_prefix: int = 64) -> str:
     """One key per client: an IPv6 address becomes its ``/ipv6_prefix`` network (one
     subscriber holds a whole /64), an IPv4-mapped IPv6 address its IPv4 address.
     Anything that is not an IP address (a unix socket's peer) is returned as it is."""
+    if ":" not in address:
+        return address  # IPv4 as servers write it (dotted quad), or not an IP address at all
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

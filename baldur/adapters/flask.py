@@ -364,12 +364,12 @@ def _client_key(req: Request, options: _Options) -> str:
                           req.environ.get("HTTP_FORWARDED"), options.ipv6_prefix)
 
 
-def _is_exempt(options: _Options, endpoint: str | None, view: object, blueprints: Iterable[str]) -> bool:
+def _is_exempt(options: _Options, endpoint: str | None, view: object, blueprints: Callable[[], Iterable[str]]) -> bool:
     if getattr(view, _EXEMPT, False):
         return True
     if not options.exempt:
         return False
-    return endpoint in options.exempt or any(name in options.exempt for name in blueprints)
+    return endpoint in options.exempt or any(name in options.exempt for name in blueprints())
 
 
 def _exempt_route(app: Flask, options: _Options, environ: dict[str, Any]) -> bool:
@@ -383,7 +383,7 @@ def _exempt_route(app: Flask, options: _Options, environ: dict[str, Any]) -> boo
     while "." in name:
         name = name.rpartition(".")[0]
         blueprints.append(name)
-    return _is_exempt(options, str(endpoint), app.view_functions.get(str(endpoint)), blueprints)
+    return _is_exempt(options, str(endpoint), app.view_functions.get(str(endpoint)), lambda: blueprints)
 
 
 def _admit_first(options: _Options) -> Response | None:
@@ -402,7 +402,7 @@ def _admit_first(options: _Options) -> Response | None:
     if not isinstance(protection, Protection):
         protection = None
     extra = None
-    if options.rate_limit is not None and not _is_exempt(options, endpoint, view, req.blueprints):
+    if options.rate_limit is not None and not _is_exempt(options, endpoint, view, lambda: req.blueprints):
         extra = ExtraLimit("default", f"web:{state.client_key()}", options.rate_limit)
     if protection is None and extra is None:
         return None
