@@ -392,8 +392,11 @@ def _admit_first(options: _Options) -> Response | None:
     view can answer. Unmatched routes spend nothing."""
     req: Request = request._get_current_object()  # type: ignore[attr-defined]
     state: _Request | None = req.environ.get(_STATE)
-    if state is None or req.url_rule is None:  # the WSGI layer was bypassed, or no route matched
+    rule = req.url_rule
+    if state is None or rule is None:  # the WSGI layer was bypassed, or no route matched
         return None
+    if req.method == "OPTIONS" and getattr(rule, "provide_automatic_options", False):
+        return None  # answered by Flask itself (a CORS preflight), never by a view
     if not options.views_checked:
         _check_views(state.app, options)
     endpoint = req.endpoint

@@ -166,6 +166,7 @@ def test_unmatched_routes_spend_no_quota() -> None:
     client = app.test_client()
     assert statuses(client, "/nowhere", 5) == [404] * 5
     assert statuses(client, "/ok", 5, "DELETE") == [405] * 5
+    assert statuses(client, "/ok", 5, "OPTIONS") == [200] * 5  # Flask's own answer (a CORS preflight)
     assert statuses(client, "/ok", 3) == [200, 200, 429]
 
 
