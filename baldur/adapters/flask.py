@@ -177,6 +177,8 @@ class _Options:
         self.in_flight = _InFlight(self.max_concurrency)
         #: The views were checked for a decorator-order mistake (at the first request).
         self.views_checked = False
+        #: Per endpoint: (the view's protection, whether the per-client limit applies).
+        self.routes: dict[str | None, tuple[Protection | None, bool]] = {}
 
 
 def init_flask(
@@ -212,7 +214,7 @@ def init_flask(
     _web.install()
     app.wsgi_app = _Middleware(app, app.wsgi_app, options)  # type: ignore[method-assign]
     # First of all request hooks, before the app's own (registered before or after this call).
-    app.before_request_funcs.setdefault(None, []).insert(0, lambda: _admit_first(options))
+    app.before_request_funcs.setdefault(None, []).insert(0, functools.partial(_admit_first, options))
     if options.idempotency != "off":
         # After every before_request hook (the app's auth), as the view is dispatched.
         app.dispatch_request = _dispatching(app.dispatch_request, options)  # type: ignore[method-assign]
@@ -397,21 +399,32 @@ def _admit_first(options: _Options) -> Response | None:
         return None
     if req.method == "OPTIONS" and getattr(rule, "provide_automatic_options", False):
         return None  # answered by Flask itself (a CORS preflight), never by a view
-    if not options.views_checked:
-        _check_views(state.app, options)
     endpoint = req.endpoint
-    view = state.app.view_functions.get(endpoint) if endpoint is not None else None
-    protection = getattr(view, "__baldur__", None)
-    if not isinstance(protection, Protection):
-        protection = None
+    route = options.routes.get(endpoint)
+    if route is None:
+        route = options.routes[endpoint] = _route(state.app, options, req)
+    protection, limited = route
     extra = None
-    if options.rate_limit is not None and not _is_exempt(options, endpoint, view, lambda: req.blueprints):
+    if limited:
+        assert options.rate_limit is not None
         extra = ExtraLimit("default", f"web:{state.client_key()}", options.rate_limit)
-    if protection is None and extra is None:
+    elif protection is None:
         return None
     has_fallback = protection is not None and protection.options.fallback is not None
     refusal = state.admit_front(protection, extra, has_fallback)
     return None if refusal is None else _answer_error(refusal)
+
+
+def _route(app: Flask, options: _Options, req: Request) -> tuple[Protection | None, bool]:
+    """(the protection of the endpoint's view, whether the per-client limit applies): looked
+    up once per endpoint (Flask allows no new routes once it has served a request)."""
+    if not options.views_checked:
+        _check_views(app, options)
+    endpoint = req.endpoint
+    view = app.view_functions.get(endpoint) if endpoint is not None else None
+    protection = getattr(view, "__baldur__", None)
+    limited = options.rate_limit is not None and not _is_exempt(options, endpoint, view, lambda: req.blueprints)
+    return (protection if isinstance(protection, Protection) else None), limited
 
 
 def _check_views(app: Flask, options: _Options) -> None:
@@ -462,6 +475,8 @@ def _dispatching(dispatch: Callable[[], Any], options: _Options) -> Callable[[],
 
     @functools.wraps(dispatch)
     def dispatch_request() -> Any:
+        if request.method not in _IDEMPOTENT_METHODS:
+            return dispatch()
         answer = _idempotency_begin(options)
         return dispatch() if answer is None else answer
 
