@@ -47,7 +47,8 @@ class Call:
         self.plan = protection.plan(runtime)
         web = _web.web_call.get() if may_be_view and _web.hooks_installed else None
         #: The web request this call serves as its view (the adapter records the outcome).
-        self.web = web if web is not None and not web.entered and web.is_view(protection) else None
+        self.web = web if web is not None and not web.entered and (
+            web.front is protection or web.is_view(protection)) else None
         #: The store's proof of admission, for a call that records its own outcome.
         self.ticket: Ticket | None = None
         #: Why admission refused the call, and whether the fallback may answer it.
