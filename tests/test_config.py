@@ -46,7 +46,8 @@ DESIGN_VARIABLES = (
     "BALDUR_REQUIRE_SHARED_STORE",
 )
 #: Settings added beyond the design's table (issue 5: idempotency).
-EXTRA_VARIABLES = ("BALDUR_IDEMPOTENCY_FAIL_OPEN", "BALDUR_IDEMPOTENCY_MAX_BYTES", "BALDUR_MEMORY_MAX_RESPONSE_BYTES")
+EXTRA_VARIABLES = ("BALDUR_IDEMPOTENCY_FAIL_OPEN", "BALDUR_IDEMPOTENCY_MAX_BYTES", "BALDUR_MEMORY_MAX_RESPONSE_BYTES",
+                   "BALDUR_IDEMPOTENCY_MAX_RECORDS")
 
 BAD_ENV: dict[str, tuple[str, ...]] = {
     "BALDUR_REDIS_URL": ("localhost:6379", "http://localhost:6379/0", "redis:/localhost", "memcached://x"),
@@ -71,6 +72,7 @@ BAD_ENV: dict[str, tuple[str, ...]] = {
     "BALDUR_MEMORY_MAX_KEYS": ("0", "-1", "lots", "1.5"),
     "BALDUR_MEMORY_MAX_RESPONSE_BYTES": ("-1", "lots", "1.5"),
     "BALDUR_IPV6_PREFIX": ("47", "129", "64.5", "wide"),
+    "BALDUR_IDEMPOTENCY_MAX_RECORDS": ("-1", "many", "2.5"),
     "BALDUR_REQUIRE_SHARED_STORE": ("maybe", "2", "-1"),
 }
 BAD_ENV_CASES = [(name, value) for name, values in BAD_ENV.items() for value in values]

@@ -26,6 +26,7 @@ import functools
 import inspect
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -156,6 +157,10 @@ class _Options:
         self.trust_proxy: int = pick("trust_proxy", trust_proxy, settings.trust_proxy)
         self.idempotency: str = pick("idempotency", idempotency, settings.idempotency)
         self.idempotency_max_bytes = settings.idempotency_max_bytes
+        #: New stored responses per identity per TTL: bounds what one identity keeps in the store.
+        self.records_per_identity = None if not settings.idempotency_max_records else RateLimit(
+            f"{settings.idempotency_max_records}/{max(1, math.ceil(settings.idempotency_ttl))}second",
+            setting="BALDUR_IDEMPOTENCY_MAX_RECORDS")
         max_queue: float | None = pick("max_queue_ms", None, settings.max_queue_ms)
         self.max_queue = None if max_queue is None else max_queue / 1000.0
         if key_func is not None and not callable(key_func):
@@ -508,7 +513,8 @@ def _idempotency_begin(options: _Options) -> Response | None:
         return _respond(_too_large(req, options.idempotency_max_bytes))
     # The route as mounted (SCRIPT_NAME): two apps of one process, /v1 and /v2, never share a key.
     rule = req.script_root + (req.url_rule.rule if req.url_rule is not None else req.path)
-    scope = "http:" + fingerprint(_identity(req, state, options), req.method, rule, key)
+    identity = _identity(req, state, options)
+    scope = "http:" + fingerprint(identity, req.method, rule, key)
     body_print = fingerprint(req.method, req.path, req.query_string, body)
     runtime = _runtime._current or _runtime.current()
     claim = Claim(runtime, req.endpoint or rule, scope, body_print)
@@ -522,6 +528,12 @@ def _idempotency_begin(options: _Options) -> Response | None:
         replay = Response(base64.b64decode(stored["body"]), status=stored["status"], headers=stored["headers"])
         replay.headers["Idempotent-Replayed"] = "true"
         return replay
+    if claim.held and options.records_per_identity is not None:
+        # A new record: within the identity's bound of records per TTL, or refused (429).
+        decision = runtime.sync.rate("idem:" + fingerprint(identity), options.records_per_identity)
+        if not decision.allowed:
+            claim.abort()
+            return _answer_error(RateLimited("idempotency-records", decision.retry_after))
     state.idempotency_claim = claim if claim.held else None
     return None
 

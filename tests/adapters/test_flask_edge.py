@@ -495,6 +495,24 @@ def test_a_limited_client_writes_no_idempotency_claim(runtime: _runtime.Runtime)
     assert len(store._records) == before
 
 
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_records_per_identity_are_bounded(fresh_runtime: FRESH, monkeypatch: pytest.MonkeyPatch,
+                                          request: pytest.FixtureRequest, store: str) -> None:
+    if store == "redis":
+        monkeypatch.setenv("BALDUR_REDIS_URL", request.getfixturevalue("redis_server").url)
+        monkeypatch.setenv("BALDUR_KEY_PREFIX", unique("edge"))
+        monkeypatch.setenv("BALDUR_REDIS_TIMEOUT_MS", "2000")
+    monkeypatch.setenv("BALDUR_IDEMPOTENCY_MAX_RECORDS", "3")
+    fresh_runtime()
+    cards = Cards()
+    answers = [cards.post("Bearer alice", key=f"order-{i}") for i in range(5)]
+    assert [a.status_code for a in answers] == [201, 201, 201, 429, 429]
+    assert int(answers[-1].headers["Retry-After"]) >= 1
+    assert cards.post("Bearer alice", key="order-0").headers["Idempotent-Replayed"] == "true"
+    assert cards.post("Bearer bob", key="order-9").status_code == 201  # another identity, its own bound
+    assert cards.runs == ["alice"] * 3 + ["bob"]
+
+
 def test_the_byte_bound_is_a_setting(fresh_runtime: FRESH, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BALDUR_MEMORY_MAX_RESPONSE_BYTES", "12345")
     store = fresh_runtime().sync
