@@ -9,6 +9,7 @@ faces of ``guard``, drive the same ``Call`` (``baldur._call``).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import time
@@ -23,6 +24,7 @@ from baldur._call import Call
 from baldur._faces import async_face, sync_face
 from baldur._options import DEFAULT_BREAKER, CallOptions, declare, declared_breaker, is_async, key_function
 from baldur._protection import Protection
+from baldur.adapters import _web
 from baldur.errors import CallTimeout, ConfigError
 from baldur.policies.breaker import Breaker, State
 from baldur.policies.rate_limit import RateLimit
@@ -81,6 +83,8 @@ def protected(
                 face_is_async)
         functools.update_wrapper(wrapper, func)
         wrapper.__baldur__ = protection  # type: ignore[union-attr]
+        with contextlib.suppress(AttributeError, TypeError):  # a builtin or a bound method takes no attribute
+            setattr(func, _web.PROTECTED_BY, name)
         return cast(Callable[P, R], wrapper)
 
     return decorate

@@ -202,6 +202,10 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("redis_timeout_ms", 100.0, _number(0, low_open=True), "BALDUR_REDIS_TIMEOUT_MS=100"),
     _Field("memory_max_keys", 100_000, _number(1, integer=True), "BALDUR_MEMORY_MAX_KEYS=100000"),
     _Field("require_shared_store", False, _flag, "BALDUR_REQUIRE_SHARED_STORE=1"),
+    _Field("idempotency_max_records", 1000, _number(0, integer=True), "BALDUR_IDEMPOTENCY_MAX_RECORDS=1000"),
+    _Field("ipv6_prefix", 64, _number(48, integer=True, high=128), "BALDUR_IPV6_PREFIX=64"),
+    _Field("memory_max_response_bytes", 67_108_864, _number(0, integer=True),
+           "BALDUR_MEMORY_MAX_RESPONSE_BYTES=67108864"),
 )
 _BY_NAME = {f.name: f for f in _FIELDS}
 ENV_NAMES = tuple(f"BALDUR_{f.name.upper()}" for f in _FIELDS)
@@ -235,6 +239,12 @@ class Settings:
     redis_timeout_ms: float
     memory_max_keys: int
     require_shared_store: bool
+    #: Responses one identity may have stored per BALDUR_IDEMPOTENCY_TTL (0: no bound).
+    idempotency_max_records: int
+    #: An IPv6 client's key is its network of this many bits.
+    ipv6_prefix: int
+    #: The memory store's bound on stored idempotent responses, in bytes.
+    memory_max_response_bytes: int
 
     def default_breaker(self) -> Breaker:
         return Breaker(

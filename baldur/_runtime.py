@@ -89,7 +89,7 @@ def _build(settings: Settings) -> Runtime:
         raise ConfigError("BALDUR_REDIS_URL", None, "BALDUR_REDIS_URL=redis://localhost:6379/0",
                           message="BALDUR_REQUIRE_SHARED_STORE=1 refuses the per-process memory store, "
                                   "and BALDUR_REDIS_URL (the shared store) is not set")
-    store = MemoryStore(max_keys=settings.memory_max_keys)
+    store = MemoryStore(max_keys=settings.memory_max_keys, max_response_bytes=settings.memory_max_response_bytes)
     runtime = Runtime(settings, store, AsyncOverSync(store), settings.default_breaker(), False)
     _announce("memory, per process", shared=False)
     warn_if_per_process(runtime.shared, forked=False)

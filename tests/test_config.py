@@ -44,10 +44,12 @@ DESIGN_VARIABLES = (
     "BALDUR_KEY_PREFIX",
     "BALDUR_REDIS_TIMEOUT_MS",
     "BALDUR_MEMORY_MAX_KEYS",
+    "BALDUR_IPV6_PREFIX",
     "BALDUR_REQUIRE_SHARED_STORE",
 )
 #: Settings added beyond the design's table (issue 5: idempotency).
-EXTRA_VARIABLES = ("BALDUR_IDEMPOTENCY_FAIL_OPEN", "BALDUR_IDEMPOTENCY_MAX_BYTES")
+EXTRA_VARIABLES = ("BALDUR_IDEMPOTENCY_FAIL_OPEN", "BALDUR_IDEMPOTENCY_MAX_BYTES", "BALDUR_MEMORY_MAX_RESPONSE_BYTES",
+                   "BALDUR_IDEMPOTENCY_MAX_RECORDS")
 
 BAD_ENV: dict[str, tuple[str, ...]] = {
     "BALDUR_REDIS_URL": ("localhost:6379", "http://localhost:6379/0", "redis:/localhost", "memcached://x"),
@@ -70,6 +72,9 @@ BAD_ENV: dict[str, tuple[str, ...]] = {
     "BALDUR_KEY_PREFIX": ("", "my app", "{baldur}", "app*", "bäldur"),
     "BALDUR_REDIS_TIMEOUT_MS": ("0", "-100", "fast", "nan"),
     "BALDUR_MEMORY_MAX_KEYS": ("0", "-1", "lots", "1.5"),
+    "BALDUR_MEMORY_MAX_RESPONSE_BYTES": ("-1", "lots", "1.5"),
+    "BALDUR_IPV6_PREFIX": ("47", "129", "64.5", "wide"),
+    "BALDUR_IDEMPOTENCY_MAX_RECORDS": ("-1", "many", "2.5"),
     "BALDUR_REQUIRE_SHARED_STORE": ("maybe", "2", "-1"),
 }
 BAD_ENV_CASES = [(name, value) for name, values in BAD_ENV.items() for value in values]

@@ -1,15 +1,23 @@
 """The in-memory store: one process's state, thread-safe and bounded.
 
 It applies the pure policies under one lock, so that each operation is
-atomic. Every key (breaker, limiter, concurrency counter) lives in one LRU
-table of at most ``max_keys`` entries; a limiter key whose TAT has passed
-holds no information and is dropped when met. Under pressure the least
-recently used key is evicted: a client then starts again with a full quota,
-which is the price of a bounded process.
+atomic. State lives in three tables, so that one client's traffic can never
+erase another kind of state:
+
+- per name (breakers, concurrency counters, a name's own rate limit): as
+  many entries as the code declares names, never evicted;
+- per client (rate limits keyed by a client): an LRU of at most
+  ``max_keys`` entries; a key whose TAT has passed holds no information and
+  is dropped first. Under pressure the least recently used client starts
+  again with a full quota, the price of a bounded process;
+- idempotency records: bounded in bytes (``max_response_bytes``). A claim
+  in flight is never evicted; a completed record is, oldest first, with one
+  WARNING per eviction, and its key then runs again.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -30,6 +38,9 @@ from baldur.stores._types import ExtraLimit, IdempotencyStart, Plan, Ticket
 __all__ = ["MemoryStore"]
 
 _CLOSED = State.CLOSED
+_logger = logging.getLogger("baldur.idempotency")
+#: What a stored record costs beyond its strings (the record object, the table's entry).
+_RECORD_OVERHEAD = 200
 _SUCCESS = Outcome.SUCCESS
 _FORCED_EVENTS = {
     **TRANSITION_EVENTS,
@@ -39,15 +50,23 @@ _FORCED_EVENTS = {
 
 
 class MemoryStore:
-    def __init__(self, max_keys: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, max_keys: int = 100_000, clock: Callable[[], float] = time.monotonic,
+                 max_response_bytes: int = 64 * 1024 * 1024) -> None:
         self.max_keys = max_keys
+        self.max_response_bytes = max_response_bytes
         self.clock = clock
         self._lock = threading.Lock()
-        self._keys: OrderedDict[str, object] = OrderedDict()
+        #: Per name: breakers, concurrency counters, a name's own rate limit. Never evicted.
+        self._keys: dict[str, object] = {}
+        #: Per client: rate-limit TATs, an LRU of at most ``max_keys``.
+        self._clients: OrderedDict[str, float] = OrderedDict()
+        #: Idempotency records, oldest first, and what they cost in bytes.
+        self._records: OrderedDict[str, IdempotencyRecord] = OrderedDict()
+        self.record_bytes = 0
         _stores.add(self)
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self._keys) + len(self._clients) + len(self._records)
 
     # -- the operations ---------------------------------------------------
 
@@ -69,12 +88,12 @@ class MemoryStore:
         wait = 0.0
         with self._lock:
             if extra is not None:
-                extra_decision = self._rate(extra.key, extra.limit, now)
+                extra_decision = self._rate(extra.key, extra.limit, now, per_client=True)
                 if not extra_decision.allowed:
                     admission = Admission.EXTRA_RATE_LIMITED
             if admission is Admission.ADMITTED and plan.rate_limit is not None:
                 key = plan.rate_key if client is None else f"{plan.rate_key}:{client}"
-                decision = self._rate(key, plan.rate_limit, now)
+                decision = self._rate(key, plan.rate_limit, now, per_client=client is not None)
                 if not decision.allowed:
                     admission = Admission.RATE_LIMITED
             if admission is Admission.ADMITTED and plan.max_concurrency is not None:
@@ -161,7 +180,7 @@ class MemoryStore:
     def rate(self, key: str, limit: RateLimit) -> RateDecision:
         now = self.clock()
         with self._lock:
-            decision = self._rate(key, limit, now)
+            decision = self._rate(key, limit, now, per_client=True)
         if not decision.allowed:
             _log.emit("ratelimit.blocked", key, retry_after=round(decision.retry_after, 3))
         return decision
@@ -181,92 +200,124 @@ class MemoryStore:
     def idempotency_begin(self, key: str, fingerprint: str, token: str) -> IdempotencyStart:
         now = self.clock()
         with self._lock:
-            record = self._idempotency_record(key)
+            record = self._records.get(key)
             verdict, claim, retry_after = idempotency.begin(record, now, fingerprint, token,
                                                             idempotency.CLAIM_LEASE_SECONDS)
             if claim is not None:
-                self._put(f"i:{key}", claim)
+                self._store_record(key, claim, record)
         result = record.result if verdict is Verdict.REPLAY and record is not None else None
         return IdempotencyStart(verdict, result, retry_after)
 
     def idempotency_complete(self, key: str, token: str, result: str, ttl: float) -> bool:
         now = self.clock()
         with self._lock:
-            return idempotency.complete(self._idempotency_record(key), now, token, result, ttl)
+            record = self._records.get(key)
+            before = 0 if record is None else _record_size(key, record)
+            if not idempotency.complete(record, now, token, result, ttl):
+                return False
+            assert record is not None
+            self.record_bytes += _record_size(key, record) - before
+            self._records.move_to_end(key)
+            if self.record_bytes > self.max_response_bytes:
+                self._evict_records(now)
+            return True
 
     def idempotency_renew(self, key: str, token: str) -> bool:
         now = self.clock()
         with self._lock:
-            return idempotency.renew(self._idempotency_record(key), now, token, idempotency.CLAIM_LEASE_SECONDS)
+            return idempotency.renew(self._records.get(key), now, token, idempotency.CLAIM_LEASE_SECONDS)
 
     def idempotency_abort(self, key: str, token: str) -> None:
         now = self.clock()
         with self._lock:
-            if idempotency.abort(self._idempotency_record(key), now, token):
-                del self._keys[f"i:{key}"]
+            record = self._records.get(key)
+            if idempotency.abort(record, now, token):
+                assert record is not None
+                self._drop_record(key, record)
 
     def reset(self) -> None:
         with self._lock:
             for value in self._keys.values():
                 _retire(value)
             self._keys.clear()
+            self._clients.clear()
+            self._records.clear()
+            self.record_bytes = 0
 
     def close(self) -> None:
         self.reset()
 
     # -- helpers (called with the lock held) ------------------------------
 
-    def _rate(self, key: str, limit: RateLimit, now: float) -> RateDecision:
-        # A TAT is kept as a float of microseconds (exact below 2**53 µs, 285 years), which
-        # tells it from a concurrency counter (an int) when evicting.
-        stored: float | None = self._keys.get(key)  # type: ignore[assignment]
+    def _rate(self, key: str, limit: RateLimit, now: float, per_client: bool) -> RateDecision:
+        # A TAT is kept as a float of microseconds (exact below 2**53 µs, 285 years).
+        table: dict[str, object] = self._clients if per_client else self._keys  # type: ignore[assignment]
+        stored: float | None = table.get(key)  # type: ignore[assignment]
         tat = None if stored is None else int(stored)
         decision, new_tat = gcra(tat, micros(now), limit)
         if new_tat is not None and new_tat != tat:
-            self._put(key, float(new_tat))
+            if per_client:
+                self._put_client(key, float(new_tat), now)
+            else:
+                self._keys[key] = float(new_tat)
         return decision
 
     def _breaker(self, key: str, name: str, options: Breaker) -> BreakerState:
         state: BreakerState | None = self._keys.get(key)  # type: ignore[assignment]
         if state is None:
             state = BreakerState.new(options, name)
-            self._put(key, state)
-        else:
-            self._keys.move_to_end(key)
+            self._keys[key] = state
         return state
 
-    def _idempotency_record(self, key: str) -> IdempotencyRecord | None:
-        record = self._keys.get(f"i:{key}")
-        return record if isinstance(record, IdempotencyRecord) else None
-
     def _get(self, key: str, default: object) -> object:
-        value = self._keys.get(key, default)
-        if value is not default:
-            self._keys.move_to_end(key)
-        return value
+        return self._keys.get(key, default)
 
     def _put(self, key: str, value: object) -> None:
-        keys = self._keys
-        keys[key] = value
-        keys.move_to_end(key)
-        if len(keys) > self.max_keys:
-            self._evict()
+        self._keys[key] = value
 
-    def _evict(self) -> None:
-        keys = self._keys
-        now = self.clock()
-        # Drop what holds no information first (a drained TAT, an idle counter),
-        # looking at a bounded number of the oldest keys; then plain LRU.
-        for _ in range(min(64, len(keys))):
-            key, value = next(iter(keys.items()))
-            if (isinstance(value, float) and value <= now * MICROS) or value == 0:
-                del keys[key]
-                if len(keys) <= self.max_keys:
+    def _put_client(self, key: str, tat: float, now: float) -> None:
+        clients = self._clients
+        clients[key] = tat
+        clients.move_to_end(key)
+        if len(clients) > self.max_keys:
+            # Drop what holds no information first (a drained TAT), looking at a bounded
+            # number of the oldest keys; then plain LRU.
+            for _ in range(min(64, len(clients))):
+                oldest, value = next(iter(clients.items()))
+                if value > now * MICROS:
+                    break
+                del clients[oldest]
+                if len(clients) <= self.max_keys:
                     return
-            else:
+            while len(clients) > self.max_keys:
+                clients.popitem(last=False)
+
+    def _store_record(self, key: str, record: IdempotencyRecord, replaced: IdempotencyRecord | None) -> None:
+        if replaced is not None:
+            self.record_bytes -= _record_size(key, replaced)
+        self._records[key] = record
+        self._records.move_to_end(key)
+        self.record_bytes += _record_size(key, record)
+
+    def _drop_record(self, key: str, record: IdempotencyRecord) -> None:
+        del self._records[key]
+        self.record_bytes -= _record_size(key, record)
+
+    def _evict_records(self, now: float) -> None:
+        """Back under ``max_response_bytes``: drop expired records, then the oldest completed
+        ones. A claim in flight is never dropped (its call is running)."""
+        evicted = 0
+        for key, record in list(self._records.items()):
+            if self.record_bytes <= self.max_response_bytes:
                 break
-        while len(keys) > self.max_keys:
-            _retire(keys.popitem(last=False)[1])
+            expired = record.until <= now
+            if expired or record.done:
+                self._drop_record(key, record)
+                evicted += 0 if expired else 1
+        if evicted:
+            _logger.warning("the memory store evicted %d stored idempotent response(s) to stay within "
+                            "BALDUR_MEMORY_MAX_RESPONSE_BYTES=%d: a retry with such a key runs again; "
+                            "raise the bound or use Redis (BALDUR_REDIS_URL)", evicted, self.max_response_bytes)
 
     def _release(self, key: str) -> None:
         count = self._keys.get(key)
@@ -285,6 +336,10 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _record_size(key: str, record: IdempotencyRecord) -> int:
+    return _RECORD_OVERHEAD + len(key) + len(record.fingerprint) + len(record.token) + len(record.result or "")
 
 
 def _retire(value: object) -> None:

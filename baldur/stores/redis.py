@@ -747,9 +747,13 @@ def _known_workers() -> int:
 
 
 def _after_fork_in_child() -> None:
+    from baldur import _runtime  # at fork time: _runtime imports this module when it builds a store
+
+    active = _runtime._current.async_ if _runtime._current is not None else None
     for store in list(_stores):
         store.forget_after_fork()
-        if store.started:
+        # Only the runtime's own store is warmed up: a replaced one (an earlier init()) serves nobody.
+        if store.started and store is active:
             # An interpreter shutting down starts no thread; then the first call warms up.
             with contextlib.suppress(RuntimeError):
                 store.start()

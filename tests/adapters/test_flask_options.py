@@ -70,7 +70,7 @@ def test_with_two_trusted_proxies_the_second_hop_from_the_right_is_the_client() 
 
 @pytest.mark.parametrize(
     "forwarded_for",
-    ["not-an-ip", "203.0.113.1, ", "203.0.113.1,,", "999.1.1.1", "203.0.113.1:8080", "\x00", "::1]:80", "a" * 5000],
+    ["not-an-ip", "203.0.113.1, ", "203.0.113.1,,", "999.1.1.1", "\x00", "::1]:80", "a" * 5000],
 )
 def test_a_malformed_forwarded_for_falls_back_to_the_remote_address(forwarded_for: str) -> None:
     app = _one_per_minute(trust_proxy=1)
