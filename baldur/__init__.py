@@ -8,6 +8,7 @@ for Flask and any Python call, behind one decorator.
 from baldur._api import breaker, guard, protected
 from baldur._runtime import Runtime, init, reset
 from baldur._version import __version__
+from baldur.adapters._web import exempt
 from baldur.errors import (
     BaldurError,
     CallTimeout,
@@ -41,6 +42,7 @@ __all__ = [
     "StoreUnavailable",
     "__version__",
     "breaker",
+    "exempt",
     "guard",
     "init",
     "protected",

@@ -1,19 +1,17 @@
-"""The public face of the pipeline: ``protected``, ``guard`` and ``breaker``.
+"""The public API of the pipeline: ``protected``, ``guard`` and ``breaker``.
 
 Order, outermost first: idempotency → rate limit → concurrency → circuit
 breaker (these three are one atomic *admit* of the store) → timeout → retry
 → the call → fallback on failure. ``protected`` chooses the sync or the
-async face once, at decoration time; both drive the same ``Call`` (or, while
-a closed breaker allows it, the same ``Lane``), so no rule is written twice.
-What truly differs stays here: a sync deadline against an async cancel scope,
-``time.sleep`` against ``anyio.sleep``.
+async face (``baldur._faces``) once, at decoration time; both faces, and both
+faces of ``guard``, drive the same ``Call`` (``baldur._call``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
-import random
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -23,20 +21,20 @@ import anyio
 
 from baldur import _idempotency, _runtime
 from baldur._call import Call
+from baldur._faces import async_face, sync_face
 from baldur._options import DEFAULT_BREAKER, CallOptions, declare, declared_breaker, is_async, key_function
-from baldur._protection import Lane, Protection
+from baldur._protection import Protection
 from baldur.adapters import _web
 from baldur.errors import CallTimeout, ConfigError
 from baldur.policies.breaker import Breaker, State
 from baldur.policies.rate_limit import RateLimit
-from baldur.policies.retry import Retry, next_delay
+from baldur.policies.retry import Retry
 from baldur.policies.shedding import parse_priority
 
 __all__ = ["BreakerHandle", "breaker", "guard", "protected"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
-_CLOSED = State.CLOSED
 
 
 def protected(
@@ -81,138 +79,20 @@ def protected(
         protection = Protection(options, declare(options, site))
         wrapper: Callable[..., Any]
         if face_is_async:
-            wrapper = _async_face(cast(Callable[..., Awaitable[Any]], func), protection)
+            wrapper = async_face(cast(Callable[..., Awaitable[Any]], func), protection)
         else:
-            wrapper = _sync_face(func, protection)
+            wrapper = sync_face(func, protection)
         if idempotency_key is not None:
             wrapper = _idempotency.Idempotent(wrapper, name, key_function(name, func, idempotency_key)).face(
                 face_is_async)
         functools.update_wrapper(wrapper, func)
         wrapper.__baldur__ = protection  # type: ignore[union-attr]
         wrapper.__baldur_priority__ = shed_priority  # type: ignore[union-attr]
+        with contextlib.suppress(AttributeError, TypeError):  # a builtin or a bound method takes no attribute
+            setattr(func, _web.PROTECTED_BY, name)
         return cast(Callable[P, R], wrapper)
 
     return decorate
-
-
-def _lane_or_call(protection: Protection) -> Lane | Call:
-    lane = protection.lane
-    if lane is not None and lane.state.state is _CLOSED and (
-            not _web.hooks_installed or _web.web_call.get() is None):
-        return lane
-    return Call(protection)
-
-
-def _sync_face(func: Callable[..., Any], protection: Protection) -> Callable[..., Any]:
-    fallback = protection.options.fallback
-    inner = _sync_inner(func, protection.options)
-
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        call = _lane_or_call(protection)
-        try:
-            call.enter()
-            result = inner(*args, **kwargs)
-        except BaseException as exc:
-            if not call.failed(exc) or fallback is None:
-                raise
-            return _idempotency.answered_by_fallback(protection.name, fallback, exc)
-        call.succeeded(result)
-        return result
-
-    return wrapper
-
-
-def _async_face(func: Callable[..., Awaitable[Any]], protection: Protection) -> Callable[..., Awaitable[Any]]:
-    fallback = cast(Callable[[Exception], Awaitable[Any]] | None, protection.options.fallback)
-    inner = _async_inner(func, protection.options)
-
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        call = _lane_or_call(protection)
-        # The lane never does I/O: its sync face serves here too, sparing two awaits per call.
-        try:
-            if call.io:
-                await cast(Call, call).enter_async()
-            result = await inner(*args, **kwargs)
-        except BaseException as exc:
-            if not (await cast(Call, call).failed_async(exc) if call.io else call.failed(exc)) or fallback is None:
-                raise
-            return await _idempotency.answered_by_fallback(protection.name, fallback, exc)
-        if call.io:
-            await cast(Call, call).succeeded_async(result)
-        else:
-            call.succeeded(result)
-        return result
-
-    return wrapper
-
-
-def _sync_inner(func: Callable[..., Any], options: CallOptions) -> Callable[..., Any]:
-    """timeout → retry → the call, for a sync callable.
-
-    A sync callable always runs to its end in the caller's thread: Python
-    cannot interrupt it safely. Its ``timeout`` is therefore a deadline: no
-    retry starts that could not begin before it, and a call that returns (or
-    fails) after it raises ``CallTimeout``, its late result discarded.
-    """
-    timeout, retry, name = options.timeout, options.retry, options.name
-    if timeout is None and retry is None:
-        return func
-
-    def inner(*args: Any, **kwargs: Any) -> Any:
-        started = time.monotonic()
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                result = func(*args, **kwargs)
-            except Exception as exc:
-                elapsed = time.monotonic() - started
-                if timeout is not None and elapsed > timeout:
-                    raise CallTimeout(name, timeout) from exc
-                delay = None if retry is None else next_delay(retry, exc, attempt, elapsed, random.random())
-                if delay is None or (timeout is not None and elapsed + delay >= timeout):
-                    raise
-                time.sleep(delay)
-                continue
-            if timeout is not None and time.monotonic() - started > timeout:
-                raise CallTimeout(name, timeout)
-            return result
-
-    return inner
-
-
-def _async_inner(func: Callable[..., Awaitable[Any]], options: CallOptions) -> Callable[..., Awaitable[Any]]:
-    """timeout (an anyio cancel scope around the retries) → retry → the call."""
-    timeout, retry, name = options.timeout, options.retry, options.name
-    if timeout is None and retry is None:
-        return func
-
-    async def retrying(*args: Any, **kwargs: Any) -> Any:
-        if retry is None:
-            return await func(*args, **kwargs)
-        started = time.monotonic()
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await func(*args, **kwargs)
-            except Exception as exc:
-                delay = next_delay(retry, exc, attempt, time.monotonic() - started, random.random())
-                if delay is None:
-                    raise
-            await anyio.sleep(delay)
-
-    if timeout is None:
-        return retrying
-
-    async def inner(*args: Any, **kwargs: Any) -> Any:
-        with anyio.move_on_after(timeout) as scope:
-            return await retrying(*args, **kwargs)
-        if scope.cancelled_caught:
-            raise CallTimeout(name, timeout)
-        raise AssertionError("unreachable: the scope returned or was cancelled")  # pragma: no cover
-
-    return inner
 
 
 # -- guard -------------------------------------------------------------------

@@ -15,6 +15,7 @@ two faces of ``guard`` (``baldur._api``) are thin drivers of these.
 
 from __future__ import annotations
 
+import sys
 import time
 
 import anyio
@@ -24,7 +25,7 @@ from baldur._protection import Protection, classify
 from baldur.adapters import _web
 from baldur.errors import Rejected
 from baldur.policies.breaker import Outcome
-from baldur.stores._types import ExtraLimit, Ticket
+from baldur.stores._types import Ticket
 
 __all__ = ["Call"]
 
@@ -46,32 +47,41 @@ class Call:
         self.plan = protection.plan(runtime)
         web = _web.web_call.get() if may_be_view and _web.hooks_installed else None
         #: The web request this call serves as its view (the adapter records the outcome).
-        self.web = web if web is not None and not web.entered and web.is_view(protection) else None
+        self.web = web if web is not None and not web.entered and (
+            web.front is protection or web.is_view(protection)) else None
         #: The store's proof of admission, for a call that records its own outcome.
         self.ticket: Ticket | None = None
         #: Why admission refused the call, and whether the fallback may answer it.
-        self.refusal: tuple[Rejected, bool] | None = None
+        self.refusal: tuple[Exception, bool] | None = None
         self.started = 0.0
 
     # -- the faces -----------------------------------------------------------
 
     def enter(self) -> None:
         """Admit the call, or raise the store's ``Rejected``."""
-        client, extra = self._admission()
+        if self._admitted_at_front():
+            return
+        client = self._admission()
         try:
-            ticket = self.runtime.sync.admit(self.plan, client, extra)
+            ticket = self.runtime.sync.admit(self.plan, client)
         except Rejected as exc:
-            self._refused(exc)
-            raise
+            raised = self._refused(exc)
+            if raised is exc:
+                raise
+            raise raised from exc
         self._admitted(ticket)
 
     async def enter_async(self) -> None:
-        client, extra = self._admission()
+        if self._admitted_at_front():
+            return
+        client = self._admission()
         try:
-            ticket = await self.runtime.async_.admit(self.plan, client, extra)
+            ticket = await self.runtime.async_.admit(self.plan, client)
         except Rejected as exc:
-            self._refused(exc)
-            raise
+            raised = self._refused(exc)
+            if raised is exc:
+                raise
+            raise raised from exc
         self._admitted(ticket)
 
     def failed(self, exc: BaseException) -> bool:
@@ -107,12 +117,24 @@ class Call:
 
     # -- the one control flow the faces share --------------------------------
 
-    def _admission(self) -> tuple[str | None, ExtraLimit | None]:
-        """(client key, the adapter's own limit) to admit with: a view's request claims both."""
+    def _admitted_at_front(self) -> bool:
+        """The web adapter admitted this view's request before the app's hooks ran:
+        no second admission; its refusal, if any, is raised here for the fallback."""
         web = self.web
-        if web is None:
-            return None, None
-        return web.claim(self.plan), web.extra
+        if web is None or web.front is not self.protection:
+            return False
+        web.entered = True
+        refusal = web.deferred
+        if refusal is not None:
+            self.refusal = (refusal, True)
+            raise refusal
+        self.started = time.monotonic()
+        return True
+
+    def _admission(self) -> str | None:
+        """The client key to admit with: a view's request claims it."""
+        web = self.web
+        return None if web is None else web.claim(self.plan)
 
     def _admitted(self, ticket: Ticket) -> None:
         if self.web is not None:
@@ -123,10 +145,18 @@ class Call:
         if self.web is not None or (breaker is not None and breaker.slow_call is not None):
             self.started = time.monotonic()
 
-    def _refused(self, exc: Rejected) -> None:
-        # The adapter's own per-client limit is answered by the adapter, never by the view's fallback.
-        by_adapter = self.web is not None and self.web.refused(exc)
-        self.refusal = (exc, not by_adapter)
+    def _refused(self, exc: Rejected) -> Exception:
+        """What to raise for the refusal ``exc``: itself, or, for a web view of an app that
+        Baldur was not wired into, the HTTP answer it should have been (logged)."""
+        raised: Exception = exc
+        if self.web is not None:
+            self.web.refused(exc)
+        elif self.protection.options.fallback is None and "flask" in sys.modules:
+            from baldur.adapters.flask import unwired_refusal
+
+            raised = unwired_refusal(self.protection, exc) or exc
+        self.refusal = (raised, True)
+        return raised
 
     def _failure(self, exc: BaseException) -> Outcome | bool:
         """The outcome to record for ``exc``, or, when there is nothing to record here,

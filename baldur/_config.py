@@ -12,8 +12,10 @@ import logging
 import math
 import os
 import re
+import sys
+import urllib.parse
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -21,7 +23,7 @@ from baldur.errors import ConfigError
 from baldur.policies.breaker import Breaker
 from baldur.policies.rate_limit import RateLimit
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["Settings", "load_settings", "user_stacklevel", "warn_unknown_app_config"]
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _TRUE = ("1", "true", "yes", "on")
@@ -124,15 +126,42 @@ def _redis_url(name: str, value: object, example: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise ConfigError(name, value, example, "expected a URL string")
-    scheme = value.strip().partition("://")[0].lower()
-    if scheme not in ("redis", "rediss", "unix") or "://" not in value:
-        raise ConfigError(name, _redact(value), example, "the scheme must be redis://, rediss:// or unix://")
-    return value.strip()
+    url = value.strip()
+    scheme = url.partition("://")[0].lower()
+    if scheme not in ("redis", "rediss", "unix") or "://" not in url:
+        raise ConfigError(name, _redact(url), example, "the scheme must be redis://, rediss:// or unix://")
+    try:
+        from redis.connection import parse_url
+    except ImportError:  # the Redis store says what to install when it starts
+        return url
+    try:
+        # redis-py's own reading of the URL: what it would connect with is what is checked here.
+        options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        raise ConfigError(name, _redact(url), example, str(exc)) from None
+    database = urllib.parse.unquote(urllib.parse.urlsplit(url).path).replace("/", "")
+    if scheme != "unix" and "db" not in options and database and not database.isdigit():
+        # redis-py would quietly use database 0.
+        raise ConfigError(name, _redact(url), example,
+                          f"the database number {database!r} after the host is not a whole number ≥ 0")
+    return url
+
+
+#: A query parameter whose (decoded) name says it holds a secret: redis-py passes every
+#: parameter on to the connection (``?password=``, ``?pass%77ord=``, ``?ssl_password=``).
+_SECRET_PARAMETER = re.compile(r"pass|secret|token|auth|key", re.IGNORECASE)
+
+
+def _redact_parameter(match: re.Match[str]) -> str:
+    lead, parameter = match[1], match[2]
+    if _SECRET_PARAMETER.search(urllib.parse.unquote_plus(parameter)):
+        return f"{lead}{parameter}=***"
+    return match[0]
 
 
 def _redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    url = re.sub(r"(?i)(password=)[^&#]*", r"\1***", url)  # redis-py also reads ?password=
+    """The URL without its passwords (in the user info or any query parameter), for messages and logs."""
+    url = re.sub(r"([?&;])([^=&;#?]*)=([^&;#]*)", _redact_parameter, url)
     scheme, sep, rest = url.partition("://")
     if not sep:  # "user:secret@host" without a scheme must not leak the secret either
         scheme, rest = "", url
@@ -173,6 +202,10 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("redis_timeout_ms", 100.0, _number(0, low_open=True), "BALDUR_REDIS_TIMEOUT_MS=100"),
     _Field("memory_max_keys", 100_000, _number(1, integer=True), "BALDUR_MEMORY_MAX_KEYS=100000"),
     _Field("require_shared_store", False, _flag, "BALDUR_REQUIRE_SHARED_STORE=1"),
+    _Field("idempotency_max_records", 1000, _number(0, integer=True), "BALDUR_IDEMPOTENCY_MAX_RECORDS=1000"),
+    _Field("ipv6_prefix", 64, _number(48, integer=True, high=128), "BALDUR_IPV6_PREFIX=64"),
+    _Field("memory_max_response_bytes", 67_108_864, _number(0, integer=True),
+           "BALDUR_MEMORY_MAX_RESPONSE_BYTES=67108864"),
 )
 _BY_NAME = {f.name: f for f in _FIELDS}
 ENV_NAMES = tuple(f"BALDUR_{f.name.upper()}" for f in _FIELDS)
@@ -206,6 +239,12 @@ class Settings:
     redis_timeout_ms: float
     memory_max_keys: int
     require_shared_store: bool
+    #: Responses one identity may have stored per BALDUR_IDEMPOTENCY_TTL (0: no bound).
+    idempotency_max_records: int
+    #: An IPv6 client's key is its network of this many bits.
+    ipv6_prefix: int
+    #: The memory store's bound on stored idempotent responses, in bytes.
+    memory_max_response_bytes: int
 
     def default_breaker(self) -> Breaker:
         return Breaker(
@@ -224,6 +263,11 @@ class Settings:
     def redacted_redis_url(self) -> str | None:
         return None if self.redis_url is None else _redact(self.redis_url)
 
+    def __repr__(self) -> str:  # the dataclass's own would show the Redis password
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown["redis_url"] = self.redacted_redis_url()
+        return f"Settings({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
+
 
 def _parse_one(name: str, value: object, origin: str) -> Any:
     """Parse one setting; ``origin`` (``env``, ``init``, ``init_flask``, ``app.config``) shapes the message."""
@@ -231,8 +275,10 @@ def _parse_one(name: str, value: object, origin: str) -> Any:
     if spec is None:
         close = difflib.get_close_matches(name, _BY_NAME, n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(_BY_NAME)}"
-        raise ConfigError(f"baldur.{origin}({name}=...)", value, f"baldur.{origin}({_FIELDS[0].name}=...)",
-                          f"unknown setting; {hint}")
+        meant = _BY_NAME[close[0]] if close else _FIELDS[0]
+        raise ConfigError(f"baldur.{origin}({name}=...)", value,
+                          f"baldur.{origin}({meant.name}={meant.example.partition('=')[2]!r})",
+                          message=f"baldur.{origin}() has no setting {name!r} ({hint})")
     env_name = f"BALDUR_{name.upper()}"
     good = spec.example.partition("=")[2]
     if origin == "env":
@@ -264,4 +310,30 @@ def _warn_unknown(env: Mapping[str, str]) -> None:
         if key.startswith("BALDUR_") and key not in ENV_NAMES and key not in _OTHER_KNOWN:
             close = difflib.get_close_matches(key, ENV_NAMES, n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]}?" if close else ""
-            warnings.warn(f"unknown setting {key} is ignored{hint}", UserWarning, stacklevel=3)
+            warnings.warn(f"unknown setting {key} is ignored{hint}", UserWarning, stacklevel=user_stacklevel())
+
+
+def warn_unknown_app_config(config: Mapping[str, Any], read: Collection[str]) -> None:
+    """Warn about the ``BALDUR_*`` keys of a web app's config that its adapter does not read (``read``)."""
+    for key in config:
+        if not key.startswith("BALDUR_") or key in read:
+            continue
+        if key in ENV_NAMES:
+            setting = key.removeprefix("BALDUR_").lower()
+            why = (f"it is a process-wide setting: set it in the environment or "
+                   f"baldur.init({setting}=...); app.config holds only {', '.join(sorted(read))}")
+        else:
+            close = difflib.get_close_matches(key, [*read, *ENV_NAMES], n=1, cutoff=0.6)
+            why = f"no such setting; did you mean {close[0]}?" if close else "no such setting"
+        warnings.warn(f"app.config[{key!r}] is ignored: {why}", UserWarning, stacklevel=user_stacklevel())
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning point at the first frame outside Baldur: the user's line,
+    however deep in Baldur the warning is raised (``init()``, ``init_flask()``, a first protected call)."""
+    frame = sys._getframe(1)  # the caller of this function, i.e. the frame that calls warnings.warn
+    level = 1
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "baldur":
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import secrets
 import threading
 from collections.abc import Callable, Iterator
@@ -25,7 +26,7 @@ import anyio
 from baldur import _log, _runtime
 from baldur.bridges import background
 from baldur.errors import IdempotencyConflict, IdempotencyMismatch, StoreUnavailable
-from baldur.policies.idempotency import LEASE_SECONDS, Verdict
+from baldur.policies.idempotency import CLAIM_LEASE_SECONDS, Verdict
 from baldur.stores._types import IdempotencyStart
 
 __all__ = ["Claim", "Idempotent", "answered_by_fallback", "decode_result", "encode_result", "fell_back", "fingerprint"]
@@ -102,7 +103,7 @@ class Claim:
         if start.verdict is Verdict.CONFLICT:
             # The first call will most likely finish soon; its lease (start.retry_after) only
             # bounds how long a dead worker's claim can last.
-            _log.emit("idempotency.conflict", name, retry_after=round(start.retry_after, 3))
+            _log.emit("idempotency.conflict", name, retry_after=1.0, lease_left=round(start.retry_after, 3))
             raise IdempotencyConflict(name, 1.0, f"{name!r}: a call with this idempotency key is still running")
         if start.verdict is Verdict.MISMATCH:
             raise IdempotencyMismatch(f"{name!r}: this idempotency key was used with a different payload")
@@ -133,7 +134,7 @@ class Claim:
 
 def _unsettled(what: str, exc: StoreUnavailable) -> None:
     _logger.warning("an idempotent call's result may not be %s (%s); at worst its key stays in use until its "
-                    "lease lapses (%g s)", what, exc, LEASE_SECONDS)
+                    "lease lapses (%g s)", what, exc, CLAIM_LEASE_SECONDS)
 
 
 class _Held:
@@ -159,7 +160,7 @@ class _Held:
     async def _renew_forever(self) -> None:
         try:
             while True:
-                await anyio.sleep(LEASE_SECONDS / 3)
+                await anyio.sleep(CLAIM_LEASE_SECONDS / 3)
                 with self._lock:
                     claims = list(self._claims)
                     if not claims:
@@ -174,7 +175,16 @@ class _Held:
             raise
 
 
+    def forget_after_fork(self) -> None:
+        """In a child: the parent's calls and its renewing task are not here; the child's own
+        claims start a renewing task of their own."""
+        self._lock = threading.Lock()
+        self._claims = set()
+        self._renewing = False
+
+
 _held = _Held()
+os.register_at_fork(after_in_child=_held.forget_after_fork)
 
 
 def encode_result(name: str, result: Any) -> str:

@@ -34,6 +34,7 @@ EVENTS = {
     "idempotency.replayed": "baldur.idempotency",
     "idempotency.conflict": "baldur.idempotency",
     "store.per_process": "baldur.store",
+    "store.ready": "baldur.store",
 }
 _FOLD_SECONDS = 1.0
 _FOLD_MAX_KEYS = 10_000
@@ -52,14 +53,30 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+#: Characters that would end or forge a log line: C0 and C1 controls, DEL, the Unicode line breaks.
+_UNPRINTABLE = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_UNPRINTABLE.update({0x2028: "\\u2028", 0x2029: "\\u2029", ord("\\"): "\\\\"})
+
+
+def escape(text: str) -> str:
+    """``text`` on one line: a client-controlled value (a path, a key) can never forge a log line."""
+    return text.translate(_UNPRINTABLE)
+
+
 class _TextFormatter(logging.Formatter):
+    """One line per record: the message and every field escaped (a traceback, ours, keeps its lines)."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape(record.message)
+        return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
         fields: dict[str, Any] = getattr(record, "baldur", None) or {}
         line = super().format(record)
-        extra = " ".join(f"{k}={v}" for k, v in fields.items() if k != "event")
+        extra = " ".join(f"{escape(str(k))}={escape(str(v))}" for k, v in fields.items() if k != "event")
         return f"{line} {extra}" if extra else line
 
 

@@ -26,18 +26,15 @@ _FAILURE = Outcome.FAILURE
 
 class Lane:
     """A call on the fast lane: a closed breaker's state handed out by the store. While it
-    reads closed, a call skips admission and a success costs one counter step. It has the
-    sync face of ``Call`` (``baldur._call``); it never does I/O, so async callers use that
-    face too (``io`` is false), which spares them two awaits per call."""
+    reads closed, a call skips admission and a success costs one counter step. It is left
+    like a ``Call`` (``baldur._call``), through its sync face only: it never does I/O
+    (``io`` is false), which spares async callers two awaits per call."""
 
     __slots__ = ("protection", "state", "succeed")
     io = False
 
     def __init__(self, protection: Protection, state: BreakerState, succeed: Callable[[BreakerState], None]) -> None:
         self.protection, self.state, self.succeed = protection, state, succeed
-
-    def enter(self) -> None:
-        """Admitted already: the breaker is closed."""
 
     def failed(self, exc: BaseException) -> bool:
         return self.protection.lane_failed(exc) is _FAILURE

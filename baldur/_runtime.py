@@ -7,6 +7,7 @@ builds it with defaults on first use, so zero configuration works.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from baldur import _log
 from baldur._config import Settings, load_settings
 from baldur._servers import warn_if_per_process
 from baldur.bridges import AsyncOverSync, SyncOverAsync
-from baldur.errors import ConfigError
+from baldur.errors import ConfigError, StoreUnavailable
 from baldur.policies.breaker import Breaker
 from baldur.stores._types import AsyncStore, SyncStore
 from baldur.stores.memory import MemoryStore
@@ -38,6 +39,7 @@ class Runtime:
 
 
 _lock = threading.RLock()
+_store_log = logging.getLogger(_log.EVENTS["store.ready"])
 _current: Runtime | None = None
 
 
@@ -71,17 +73,32 @@ def _build(settings: Settings) -> Runtime:
     if settings.redis_url is not None:
         from baldur.stores.redis import RedisStore
 
-        shared = RedisStore(settings.redis_url, redacted_url=settings.redacted_redis_url() or "",
-                            prefix=settings.key_prefix, timeout=settings.redis_timeout_ms / 1000.0,
-                            max_keys=settings.memory_max_keys)
+        redacted = settings.redacted_redis_url() or ""
+        shared = RedisStore(settings.redis_url, redacted_url=redacted, prefix=settings.key_prefix,
+                            timeout=settings.redis_timeout_ms / 1000.0, max_keys=settings.memory_max_keys)
+        if settings.require_shared_store:
+            try:
+                shared.check_reachable()
+            except StoreUnavailable as exc:
+                raise ConfigError("BALDUR_REQUIRE_SHARED_STORE", "1", "BALDUR_REQUIRE_SHARED_STORE=0",
+                                  f"a shared store is required and {exc}; refusing to start") from None
+        shared.start()
+        _announce(f"Redis at {redacted}", shared=True)
         return Runtime(settings, SyncOverAsync(shared), shared, settings.default_breaker(), True)
     if settings.require_shared_store:
-        raise ConfigError("BALDUR_REQUIRE_SHARED_STORE", "1", "BALDUR_REDIS_URL=redis://localhost:6379/0",
-                          "a shared store is required but BALDUR_REDIS_URL is not set")
-    store = MemoryStore(max_keys=settings.memory_max_keys)
+        raise ConfigError("BALDUR_REDIS_URL", None, "BALDUR_REDIS_URL=redis://localhost:6379/0",
+                          message="BALDUR_REQUIRE_SHARED_STORE=1 refuses the per-process memory store, "
+                                  "and BALDUR_REDIS_URL (the shared store) is not set")
+    store = MemoryStore(max_keys=settings.memory_max_keys, max_response_bytes=settings.memory_max_response_bytes)
     runtime = Runtime(settings, store, AsyncOverSync(store), settings.default_breaker(), False)
+    _announce("memory, per process", shared=False)
     warn_if_per_process(runtime.shared, forked=False)
     return runtime
+
+
+def _announce(store: str, *, shared: bool) -> None:
+    _store_log.info("store.ready: Baldur's store is %s", store,
+                    extra={"baldur": {"event": "store.ready", "shared": shared}})
 
 
 def _after_fork_in_child() -> None:

@@ -33,13 +33,16 @@ class BaldurError(Exception):
 class ConfigError(BaldurError, ValueError):
     """A setting or option is invalid; the message names it, the value and a good example."""
 
-    def __init__(self, setting: str, value: object, example: str, reason: str = "") -> None:
+    def __init__(self, setting: str, value: object, example: str, reason: str = "", *,
+                 message: str | None = None) -> None:
         self.setting = setting
         self.value = value
         self.example = example
         self.reason = reason
         why = f" ({reason})" if reason else ""
-        super().__init__(f"{setting}={value!r} is not valid{why}; for example: {example}")
+        # ``message`` replaces "is not valid" where the value is fine and something else is wrong.
+        text = message if message is not None else f"{setting}={value!r} is not valid{why}"
+        super().__init__(f"{text}; for example: {example}")
 
 
 class Rejected(BaldurError):

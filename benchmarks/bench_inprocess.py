@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import selectors
 import subprocess
 import sys
@@ -100,6 +101,8 @@ def variants(redis_url: str | None) -> list[Variant]:
 # -- the worker (a child process) ---------------------------------------------------
 
 def _worker() -> int:
+    # stdout is the channel to the parent: Baldur's log lines go to stderr (the worker's log).
+    logging.getLogger("baldur").addHandler(logging.StreamHandler(sys.stderr))
     import bench_apps
     from werkzeug.test import EnvironBuilder
 

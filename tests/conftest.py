@@ -4,9 +4,17 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 import baldur
 from tests.redis_server import RedisServer, find_binary
+
+# Hypothesis: no deadline anywhere (a loaded machine makes any example slow, and no test here is
+# about speed); CI also derandomizes, so that a run passes or fails by the code alone, never by
+# the examples drawn. `.ci/run` exports HYPOTHESIS_PROFILE=ci; locally the examples stay random.
+settings.register_profile("dev", deadline=None)
+settings.register_profile("ci", settings.get_profile("dev"), derandomize=True, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 @pytest.fixture(params=["asyncio", "trio"])

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import string
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -42,10 +44,12 @@ DESIGN_VARIABLES = (
     "BALDUR_KEY_PREFIX",
     "BALDUR_REDIS_TIMEOUT_MS",
     "BALDUR_MEMORY_MAX_KEYS",
+    "BALDUR_IPV6_PREFIX",
     "BALDUR_REQUIRE_SHARED_STORE",
 )
 #: Settings added beyond the design's table (issue 5: idempotency).
-EXTRA_VARIABLES = ("BALDUR_IDEMPOTENCY_FAIL_OPEN", "BALDUR_IDEMPOTENCY_MAX_BYTES")
+EXTRA_VARIABLES = ("BALDUR_IDEMPOTENCY_FAIL_OPEN", "BALDUR_IDEMPOTENCY_MAX_BYTES", "BALDUR_MEMORY_MAX_RESPONSE_BYTES",
+                   "BALDUR_IDEMPOTENCY_MAX_RECORDS")
 
 BAD_ENV: dict[str, tuple[str, ...]] = {
     "BALDUR_REDIS_URL": ("localhost:6379", "http://localhost:6379/0", "redis:/localhost", "memcached://x"),
@@ -68,6 +72,9 @@ BAD_ENV: dict[str, tuple[str, ...]] = {
     "BALDUR_KEY_PREFIX": ("", "my app", "{baldur}", "app*", "bäldur"),
     "BALDUR_REDIS_TIMEOUT_MS": ("0", "-100", "fast", "nan"),
     "BALDUR_MEMORY_MAX_KEYS": ("0", "-1", "lots", "1.5"),
+    "BALDUR_MEMORY_MAX_RESPONSE_BYTES": ("-1", "lots", "1.5"),
+    "BALDUR_IPV6_PREFIX": ("47", "129", "64.5", "wide"),
+    "BALDUR_IDEMPOTENCY_MAX_RECORDS": ("-1", "many", "2.5"),
     "BALDUR_REQUIRE_SHARED_STORE": ("maybe", "2", "-1"),
 }
 BAD_ENV_CASES = [(name, value) for name, values in BAD_ENV.items() for value in values]
@@ -380,3 +387,41 @@ def test_settings_round_trip_through_overrides() -> None:
     s = load_settings(environ={"BALDUR_RATE_LIMIT": "10/second", "BALDUR_MAX_QUEUE_MS": "off",
                                "BALDUR_REQUIRE_SHARED_STORE": "1", "BALDUR_KEY_PREFIX": "svc"})
     assert load_settings(_settings_kwargs(s), {}) == s
+
+
+# -- messages that point at the fix ---------------------------------------------------------------
+
+def test_an_unknown_kwarg_gets_an_example_of_the_setting_it_resembles() -> None:
+    with pytest.raises(ConfigError) as caught:
+        baldur.init(rate_limt="5/minute")
+    assert caught.value.example == "baldur.init(rate_limit='100/minute')"
+    assert str(caught.value) == ("baldur.init() has no setting 'rate_limt' (did you mean 'rate_limit'?); "
+                                 "for example: baldur.init(rate_limit='100/minute')")
+
+
+def test_an_unknown_variable_warning_points_at_the_users_line(restore_runtime: None,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BALDUR_RATE_LIMT", "5/minute")
+    with pytest.warns(UserWarning, match="BALDUR_RATE_LIMT.*did you mean BALDUR_RATE_LIMIT") as caught:
+        baldur.init(memory_max_keys=4321)  # other settings: the runtime is rebuilt and the environment read
+    assert [w.filename for w in caught] == [__file__]
+
+
+def test_requiring_a_shared_store_without_one_says_which_setting_is_missing(restore_runtime: None,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BALDUR_REDIS_URL", raising=False)
+    with pytest.raises(ConfigError) as caught:
+        baldur.init(require_shared_store=True)
+    assert str(caught.value) == ("BALDUR_REQUIRE_SHARED_STORE=1 refuses the per-process memory store, and "
+                                 "BALDUR_REDIS_URL (the shared store) is not set; "
+                                 "for example: BALDUR_REDIS_URL=redis://localhost:6379/0")
+    assert caught.value.setting == "BALDUR_REDIS_URL"
+
+
+def test_without_redis_py_the_redis_store_names_an_install_that_works() -> None:
+    """The registry's ``baldur-framework`` is another project until this one is published."""
+    code = ("import sys; sys.modules['redis'] = None\n"
+            "try:\n    import baldur.stores.redis\nexcept ImportError as exc:\n    print(exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "pip install -e '.[redis]' in a checkout of Baldur" in out
+    assert "baldur-framework" not in out

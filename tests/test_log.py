@@ -130,7 +130,9 @@ def test_a_fresh_app_gets_one_stdout_handler_on_baldur_and_an_untouched_root() -
         "baldur_handlers": ["StreamHandler"],
         "to_stdout": [True],
     }
-    [line] = done.stdout.splitlines()
+    # init(log_level="INFO") names the store (one INFO line), then the breaker opens.
+    ready, line = done.stdout.splitlines()
+    assert "store.ready" in ready and "memory, per process" in ready and "shared=False" in ready
     assert "circuit.opened" in line and "name=fresh" in line and "state=open" in line
 
 
@@ -152,12 +154,15 @@ except ConnectionError:
 json.dump([len(logging.getLogger("baldur").handlers), len(logging.getLogger().handlers)], sys.stderr)
 """)
     assert json.loads(done.stderr) == [0, 1]
-    assert done.stdout.splitlines() == ["APP baldur.circuit circuit.opened"]  # once, through the app's handler
+    assert done.stdout.splitlines() == [  # once each, through the app's handler
+        "APP baldur.store store.ready: Baldur's store is memory, per process",
+        "APP baldur.circuit circuit.opened"]
 
 
 def test_json_format_writes_one_json_document_per_line() -> None:
     done = run_python(FRESH_APP, BALDUR_LOG_FORMAT="json")
-    [line] = done.stdout.splitlines()
+    ready, line = done.stdout.splitlines()
+    assert json.loads(ready)["event"] == "store.ready" and json.loads(ready)["shared"] is False
     doc = json.loads(line)
     assert doc["event"] == "circuit.opened" and doc["name"] == "fresh" and doc["state"] == "open"
     assert doc["level"] == "INFO" and doc["logger"] == "baldur.circuit" and doc["message"] == "circuit.opened"
@@ -172,15 +177,26 @@ def test_init_in_process_adds_one_handler_to_baldur_only(capsys: pytest.CaptureF
         assert len(handlers) == 1 and isinstance(handlers[0], logging.StreamHandler)
         assert root.handlers == []
         trip("in-process")
-        [line] = capsys.readouterr().out.splitlines()
+        [line] = [line for line in capsys.readouterr().out.splitlines() if "store.ready" not in line]
         assert json.loads(line)["event"] == "circuit.opened"
 
 
 # -- events ---------------------------------------------------------------------------------------
 
 def baldur_records(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str, dict[str, object]]]:
+    """The events logged, without init's store.ready line (see test_init_names_the_store_once)."""
     return [(r.name, r.getMessage(), r.baldur) for r in caplog.records  # type: ignore[attr-defined]
-            if r.name.startswith("baldur.")]
+            if r.name.startswith("baldur.") and r.baldur.get("event") != "store.ready"]  # type: ignore[attr-defined]
+
+
+def test_init_names_the_store_once(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="baldur")
+    monkeypatch.setattr(_runtime, "_current", None)
+    baldur.init()
+    baldur.init()  # the same settings: the same runtime, no second line
+    ready = [r for r in caplog.records if getattr(r, "baldur", {}).get("event") == "store.ready"]
+    assert [(r.levelno, r.baldur["shared"]) for r in ready] == [(logging.INFO, False)]  # type: ignore[attr-defined]
+    assert "memory, per process" in ready[0].getMessage()
 
 
 def test_log_level_info_from_the_environment_shows_the_circuit_events(
@@ -273,7 +289,7 @@ def test_a_flood_prints_one_line_then_one_with_the_folded_count(
                 call()
         with pytest.raises(baldur.RateLimited):
             other()  # another key is not folded into the flood
-        lines = capsys.readouterr().out.splitlines()
+        lines = [line for line in capsys.readouterr().out.splitlines() if "store.ready" not in line]
         assert len(lines) == 2
         assert "ratelimit.blocked" in lines[0] and "name=flood" in lines[0] and "folded" not in lines[0]
         assert "name=other" in lines[1]
@@ -294,3 +310,53 @@ def test_a_level_the_app_set_on_the_baldur_logger_is_kept(monkeypatch: pytest.Mo
     monkeypatch.setattr(_runtime, "_current", None)
     baldur.init(log_level="ERROR")
     assert logging.getLogger("baldur").level == logging.DEBUG
+
+
+def test_forcing_a_breaker_logs_like_the_automatic_transitions(caplog: pytest.LogCaptureFixture) -> None:
+    baldur.init(log_level="INFO")
+    for force in ("open", "close", "reset"):
+        getattr(baldur.breaker(f"forced-{force}"), force)()
+    assert baldur_records(caplog) == [
+        ("baldur.circuit", "circuit.opened",
+         {"event": "circuit.opened", "name": "forced-open", "state": "forced_open", "forced": True}),
+        ("baldur.circuit", "circuit.closed",
+         {"event": "circuit.closed", "name": "forced-close", "state": "forced_closed", "forced": True}),
+        ("baldur.circuit", "circuit.closed",
+         {"event": "circuit.closed", "name": "forced-reset", "state": "closed", "forced": True}),
+    ]
+
+
+def test_the_web_limit_is_logged_under_the_clients_key(caplog: pytest.LogCaptureFixture) -> None:
+    """The per-client limit of the web hooks names the client, on a protected view as on a plain one
+    (the key the Redis store's admit script names too)."""
+    from flask import Flask
+
+    from baldur.adapters.flask import init_flask
+
+    baldur.init(log_level="INFO")
+    app = Flask(__name__)
+    init_flask(app, rate_limit="1/minute")
+    app.add_url_rule("/protected", "protected", baldur.protected("logged-view")(lambda: "ok"))
+    app.add_url_rule("/plain", "plain", lambda: "ok")
+    for path, address in (("/protected", "192.0.2.7"), ("/plain", "192.0.2.8")):
+        statuses = [app.test_client().get(path, environ_base={"REMOTE_ADDR": address}).status_code
+                    for _ in range(2)]
+        assert statuses == [200, 429]
+    names = [fields["name"] for _, message, fields in baldur_records(caplog) if message == "ratelimit.blocked"]
+    assert names == ["web:192.0.2.7", "web:192.0.2.8"]
+
+
+def test_an_idempotency_conflict_logs_the_retry_after_the_caller_is_told(caplog: pytest.LogCaptureFixture) -> None:
+    baldur.init(log_level="INFO")
+    told: list[float] = []
+
+    @baldur.protected("conflicted", idempotency_key="key")
+    def call(key: str) -> str:
+        with pytest.raises(baldur.IdempotencyConflict) as caught:
+            call(key)  # the same key while the first call runs
+        told.append(caught.value.retry_after)
+        return "done"
+
+    assert call("k-1") == "done"
+    [conflict] = [fields for _, message, fields in baldur_records(caplog) if message == "idempotency.conflict"]
+    assert told == [conflict["retry_after"]] == [1.0]

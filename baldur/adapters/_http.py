@@ -30,6 +30,7 @@ __all__ = [
     "PROBLEM_JSON",
     "bad_request",
     "client_address",
+    "normalise_address",
     "parse_idempotency_key",
     "problem",
     "queue_seconds",
@@ -42,6 +43,8 @@ _IANA = "https://iana.org/assignments/http-problem-types#"
 #: How far back an ``X-Request-Start`` may plausibly lie; older is clock skew, not queueing.
 _PLAUSIBLE_QUEUE_SECONDS = 3600.0
 _MAX_HEADER = 4096
+#: What a 503 for an unavailable store tells the client to wait: a store that is down is probed twice a second.
+_STORE_RETRY_AFTER = 1.0
 #: Float arithmetic on clock readings is off by a few ulps: 30.000000000002 s is 30 s, not 31.
 _ROUNDING_SLACK = 1e-6
 
@@ -111,6 +114,7 @@ def problem(exc: BaldurError, instance: str | None = None,
         # Not str(exc): it names the store's host (the server's log has it); the client needs none of it.
         body = {"type": "about:blank", "title": "Service Unavailable",
                 "detail": "A store this request needs is unavailable; the request was not processed."}
+        headers["Retry-After"] = retry_after_header(_STORE_RETRY_AFTER)
     else:
         status = 500
         body = {"type": "about:blank", "title": "Internal Server Error", "detail": "An internal error occurred."}
@@ -130,24 +134,76 @@ def bad_request(detail: str, instance: str | None = None) -> tuple[int, dict[str
     return 400, {"Content-Type": PROBLEM_JSON}, json.dumps(body).encode()
 
 
-def client_address(remote_addr: str | None, forwarded_for: str | None, trusted_hops: int) -> str:
-    """The client's address: ``remote_addr``, or with ``trusted_hops`` proxies, the address
-    that the outermost trusted proxy saw (Werkzeug ``ProxyFix(x_for=N)`` semantics).
+def client_address(remote_addr: str | None, forwarded_for: str | None, trusted_hops: int,
+                   forwarded: str | None = None, ipv6_prefix: int = 64) -> str:
+    """The client's key from its address: ``remote_addr``, or with ``trusted_hops``
+    proxies, the address that the outermost trusted proxy saw (Werkzeug
+    ``ProxyFix(x_for=N)`` semantics) in ``X-Forwarded-For``, else in RFC 7239
+    ``Forwarded``. Entries may carry a port (``1.2.3.4:5678``, ``[2001:db8::1]:80``).
 
-    A malformed or too short ``X-Forwarded-For`` falls back to ``remote_addr``:
-    a forged header never earns a client a fresh key.
+    The address is normalised (``normalise_address``): an IPv6 client is its
+    network of ``ipv6_prefix`` bits, an IPv4-mapped address its IPv4 address.
+    A malformed or too short header falls back to ``remote_addr``: a forged
+    header never earns a client a fresh key.
     """
-    fallback = remote_addr or "unknown"
-    if trusted_hops <= 0 or not forwarded_for or len(forwarded_for) > _MAX_HEADER:
+    fallback = normalise_address(remote_addr or "unknown", ipv6_prefix)
+    if trusted_hops <= 0:
         return fallback
-    hops = [part.strip() for part in forwarded_for.split(",")]
+    if forwarded_for:
+        hops = [part.strip() for part in forwarded_for.split(",")] if len(forwarded_for) <= _MAX_HEADER else []
+    elif forwarded:
+        hops = _forwarded_for(forwarded) if len(forwarded) <= _MAX_HEADER else []
+    else:
+        return fallback
     if len(hops) < trusted_hops:
         return fallback
-    candidate = hops[-trusted_hops]
+    address = _strip_port(hops[-trusted_hops])
     try:
-        return str(ipaddress.ip_address(candidate.strip("[]")))
+        ipaddress.ip_address(address)
     except ValueError:
         return fallback
+    return normalise_address(address, ipv6_prefix)
+
+
+def normalise_address(address: str, ipv6_prefix: int = 64) -> str:
+    """One key per client: an IPv6 address becomes its ``/ipv6_prefix`` network (one
+    subscriber holds a whole /64), an IPv4-mapped IPv6 address its IPv4 address.
+    Anything that is not an IP address (a unix socket's peer) is returned as it is."""
+    if ":" not in address:
+        return address  # IPv4 as servers write it (dotted quad), or not an IP address at all
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        if ipv6_prefix < 128:
+            return str(ipaddress.IPv6Network((int(ip), ipv6_prefix), strict=False))
+    return str(ip)
+
+
+def _strip_port(entry: str) -> str:
+    """``1.2.3.4:5678`` → ``1.2.3.4``, ``[::1]:80`` and ``[::1]`` → ``::1``; a bare IPv6 address stays."""
+    entry = entry.strip().strip('"')
+    if entry.startswith("["):
+        return entry[1:entry.find("]")] if "]" in entry else entry
+    if entry.count(":") == 1:
+        return entry.split(":", 1)[0]
+    return entry
+
+
+def _forwarded_for(header: str) -> list[str]:
+    """The ``for=`` node of each element of an RFC 7239 ``Forwarded`` header, in order."""
+    nodes = []
+    for element in header.split(","):
+        node = ""
+        for pair in element.split(";"):
+            name, _, value = pair.strip().partition("=")
+            if name.lower() == "for":
+                node = value.strip()
+        nodes.append(node)
+    return nodes
 
 
 def queue_seconds(header: str | None, now: float) -> float | None:

@@ -1,23 +1,27 @@
 """The protocol a web adapter implements: one request in progress, as the pipeline sees it.
 
 An adapter (Flask today) opens a ``WebCall`` around each request and sets
-``web_call`` for its duration. When the request's view is a protected
-callable, the view's ``Call`` *claims* the request: it admits the call with
-the client's key (a refusal becomes the adapter's HTTP answer before the
-view's body runs), keeps the ticket here and reports how the call ended. The
-adapter records the outcome once the response is sent, when it knows the
-status.
+``web_call`` for its duration. Before any hook of the app runs, it admits the
+request (``admit_front``): the per-client limit and, when the view is a
+protected callable, the view's admission, in one store step. A refusal is
+the adapter's answer at once, whoever would have answered next (unless the
+view's fallback answers for its own refusals: then the view's ``Call``
+raises it, see ``front``). The view's ``Call`` then *claims* the request
+(no second admission), reports how the call ended, and the adapter records
+the outcome once the response is sent, when it knows the status.
 
 A new adapter subclasses ``WebCall``, answers ``is_view`` and ``client_key``,
-may override ``returned``, calls ``install()`` once, and reads ``ticket``,
-``outcome``, ``error``, ``rejected`` and ``policies`` when it settles.
+may override ``returned``, calls ``install()`` once, calls ``admit_front``
+first of all, and reads ``ticket``, ``outcome``, ``error``, ``rejected`` and
+``policies`` when it settles.
 """
 
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from baldur import _runtime
 from baldur.errors import RateLimited, Rejected
 from baldur.policies.breaker import Outcome
 from baldur.policies.rate_limit import RateDecision, RateLimit
@@ -26,7 +30,25 @@ from baldur.stores._types import ExtraLimit, Plan, Ticket
 if TYPE_CHECKING:
     from baldur._protection import Protection
 
-__all__ = ["WebCall", "hooks_installed", "install", "web_call"]
+__all__ = ["EXEMPT", "PROTECTED_BY", "WebCall", "exempt", "hooks_installed", "install", "web_call"]
+
+V = TypeVar("V")
+#: Marks a view taken out of the per-client limit and shedding (``baldur.exempt``).
+EXEMPT = "__baldur_exempt__"
+#: Set by ``protected`` on the function it wrapped: registered as a view in place of the
+#: wrapper (a decorator-order mistake), that function is unprotected.
+PROTECTED_BY = "__baldur_protected_by__"
+
+
+def exempt(view: V) -> V:
+    """Take a web view out of the per-client rate limit and load shedding (health checks,
+    metrics): ``@app.get("/healthz")`` above ``@baldur.exempt``. The view's own
+    ``protected`` options, if any, still apply."""
+    try:
+        setattr(view, EXEMPT, True)
+    except AttributeError:
+        raise TypeError(f"baldur.exempt marks a view function, not {type(view).__name__}") from None
+    return view
 
 
 class WebCall:
@@ -43,8 +65,10 @@ class WebCall:
     rejected = False
     #: (policy name, limit, decision) of each rate limit applied, for the headers.
     policies: tuple[tuple[str, RateLimit, RateDecision], ...] = ()
-    #: The adapter's per-client limit, left to the view's admission (one store step, not two).
-    extra: ExtraLimit | None = None
+    #: The protection whose admission was made at the front, before the app's hooks.
+    front: Protection | None = None
+    #: That admission's refusal, left for the view's fallback to answer.
+    deferred: Rejected | None = None
 
     # -- what an adapter answers ---------------------------------------------
 
@@ -69,20 +93,48 @@ class WebCall:
         self.entered = True
         return self.client_key() if plan.rate_limit is not None else None
 
-    def refused(self, exc: Rejected) -> bool:
-        """The view's admission was refused; ``True`` when the adapter's own limit refused it
-        (the adapter answers, not the view's fallback)."""
+    def admit_front(self, protection: Protection | None, extra: ExtraLimit | None,
+                    has_fallback: bool) -> Rejected | None:
+        """Admit the request before anything of the app runs: ``extra`` (the adapter's
+        per-client limit) and the view's ``protection``, in one store step. Returns the
+        refusal the adapter must answer now, or ``None`` (admitted, or refused with a
+        fallback that answers in the view)."""
+        runtime = _runtime._current or _runtime.current()
+        if protection is None:
+            if extra is None:
+                return None
+            decision = runtime.sync.rate(extra.key, extra.limit)
+            self.add_policy(extra.policy, extra.limit, decision)
+            if decision.allowed:
+                return None
+            return RateLimited(extra.policy, decision.retry_after)
+        plan = protection.plan(runtime)
+        client = self.client_key() if plan.rate_limit is not None else None
+        self.front = protection
+        try:
+            ticket = runtime.sync.admit(plan, client, extra)
+        except Rejected as exc:
+            self.rejected = True
+            if exc.extra_rate is not None and extra is not None:
+                self.add_policy(extra.policy, extra.limit, exc.extra_rate)
+            by_adapter = extra is not None and isinstance(exc, RateLimited) and exc.limit is extra.limit
+            if has_fallback and not by_adapter:
+                self.deferred = exc
+                return None
+            return exc
+        self.ticket = ticket
+        if ticket.extra_rate is not None and extra is not None:
+            self.add_policy(extra.policy, extra.limit, ticket.extra_rate)
+        if ticket.rate is not None and plan.rate_limit is not None:
+            self.add_policy(plan.name, plan.rate_limit, ticket.rate)
+        return None
+
+    def refused(self, exc: Rejected) -> None:
+        """The view's admission (made by its ``Call``, not at the front) was refused."""
         self.rejected = True
-        extra, self.extra = self.extra, None
-        if extra is not None and exc.extra_rate is not None:
-            self.add_policy(extra.policy, extra.limit, exc.extra_rate)
-        return extra is not None and isinstance(exc, RateLimited) and exc.limit is extra.limit
 
     def admitted(self, ticket: Ticket, plan: Plan) -> None:
         self.ticket = ticket
-        if ticket.extra_rate is not None and self.extra is not None:
-            self.add_policy(self.extra.policy, self.extra.limit, ticket.extra_rate)
-        self.extra = None
         if ticket.rate is not None and plan.rate_limit is not None:
             self.add_policy(plan.name, plan.rate_limit, ticket.rate)
 

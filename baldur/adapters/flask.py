@@ -1,35 +1,44 @@
 """Flask glue: ``init_flask(app)`` wraps the app in Baldur's WSGI layer.
 
-Before Flask does any work: load shedding (the per-process in-flight
-ceiling, queue time from ``X-Request-Start``). In the request: the
-per-client rate limit (a ``before_request`` hook, installed only when a
-limit is set) and, when the view is protected, its admission (per-client
-rate limit, concurrency, breaker pre-flight), made by the view's own wrapper
-before the view's body runs, so that a refused request never reaches it.
-When the response has been sent: the outcome (an exception or a 5xx is a
-failure, a 4xx is not), the release of every slot. Every ``Rejected``
-becomes its HTTP answer (problem+json) with the ``RateLimit`` headers,
-never a 500.
+The order of a request (docs/security.md draws it):
+
+1. Before Flask does any work: load shedding (the per-process in-flight
+   ceiling, queue time from ``X-Request-Start``), unless the route is exempt.
+2. The first of all request hooks, before the app's own hooks and any
+   decorator around the view: the per-client rate limit and, when the view
+   is protected, its admission (per-route limit, concurrency, breaker
+   pre-flight), in one store step. A limit holds whoever answers next: a 401
+   from the app's auth counts, and the quota's end is a 429. Unmatched
+   routes (404, 405) and exempt views spend no quota.
+3. After every ``before_request`` hook (the app's authentication), when the
+   view is dispatched: idempotency, scoped to the request's identity.
+4. When the response has been sent: the outcome (an exception or a 5xx is a
+   failure, a 4xx is not), the release of every slot.
+
+Every ``Rejected`` becomes its HTTP answer (problem+json) with the
+``RateLimit`` headers, never a 500.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import inspect
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import Token
 from typing import Any
 
-from flask import Flask, Request, Response, request
+from flask import Flask, Request, Response, current_app, has_request_context, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import ClosingIterator
 
 from baldur import _log, _runtime
-from baldur._config import _parse_one
+from baldur._config import _parse_one, warn_unknown_app_config
 from baldur._idempotency import Claim, fingerprint
 from baldur._protection import Protection
 from baldur.adapters import _web
@@ -41,7 +50,8 @@ from baldur.adapters._http import (
     queue_seconds,
     ratelimit_headers,
 )
-from baldur.adapters._web import WebCall, web_call
+from baldur.adapters._web import EXEMPT as _EXEMPT
+from baldur.adapters._web import PROTECTED_BY, WebCall, web_call
 from baldur.errors import (
     BaldurError,
     CallTimeout,
@@ -65,6 +75,10 @@ _EXTENSION = "baldur"
 #: Where the hooks keep their per-request state (in the WSGI environ: cheaper than flask.g).
 _STATE = "baldur.request"
 _logger = logging.getLogger("baldur.idempotency")
+#: The settings ``init_flask`` reads from ``app.config`` (the others are process-wide: environment or ``init()``).
+_APP_CONFIG_KEYS = tuple(f"BALDUR_{name.upper()}" for name in (
+    "rate_limit", "max_concurrency", "trust_proxy", "idempotency", "max_queue_ms"))
+_flask_logger = logging.getLogger("baldur.flask")
 
 
 class _InFlight:
@@ -144,11 +158,16 @@ class _Request(WebCall):
             self.client = _client_key(request._get_current_object(), self.options)  # type: ignore[attr-defined]
         return self.client
 
+    def view_entered(self) -> bool:
+        """The protected view's own call began (its body ran, or its fallback answered)."""
+        return self.entered
+
 
 class _Options:
     def __init__(self, app: Flask, runtime: _runtime.Runtime, rate_limit: RateLimit | str | None,
                  max_concurrency: int | str | None, key_func: Callable[[Request], str | None] | None,
-                 trust_proxy: int | None, idempotency: str | None) -> None:
+                 trust_proxy: int | None, idempotency: str | None,
+                 exempt: Iterable[str] = (), identity: Callable[[Request], object] | None = None) -> None:
         settings = runtime.settings
 
         def pick(name: str, explicit: Any, default: Any) -> Any:
@@ -165,14 +184,33 @@ class _Options:
         self.trust_proxy: int = pick("trust_proxy", trust_proxy, settings.trust_proxy)
         self.idempotency: str = pick("idempotency", idempotency, settings.idempotency)
         self.idempotency_max_bytes = settings.idempotency_max_bytes
+        #: New stored responses per identity per TTL: bounds what one identity keeps in the store.
+        self.records_per_identity = None if not settings.idempotency_max_records else RateLimit(
+            f"{settings.idempotency_max_records}/{max(1, math.ceil(settings.idempotency_ttl))}second",
+            setting="BALDUR_IDEMPOTENCY_MAX_RECORDS")
         max_queue: float | None = pick("max_queue_ms", None, settings.max_queue_ms)
         self.max_queue = None if max_queue is None else max_queue / 1000.0
         if key_func is not None and not callable(key_func):
             raise ConfigError("init_flask(key_func=...)", key_func,
-                              "init_flask(app, key_func=lambda request: request.headers['X-Api-Key'])",
+                              "init_flask(app, key_func=lambda request: request.headers.get('X-Api-Key'))",
                               "a callable taking the request")
         self.key_func = key_func
+        if identity is not None and not callable(identity):
+            raise ConfigError("init_flask(identity=...)", identity,
+                              "init_flask(app, identity=lambda request: flask_login.current_user.get_id())",
+                              "a callable taking the request")
+        self.identity = identity
+        if isinstance(exempt, str) or not all(isinstance(name, str) for name in exempt):
+            raise ConfigError("init_flask(exempt=...)", exempt, 'init_flask(app, exempt=["healthz", "metrics_bp"])',
+                              "a list of endpoint or blueprint names")
+        #: Endpoints and blueprints taken out of the per-client limit and shedding.
+        self.exempt = frozenset(exempt)
+        self.ipv6_prefix = settings.ipv6_prefix
         self.in_flight = _InFlight(self.max_concurrency)
+        #: The views were checked for a decorator-order mistake (at the first request).
+        self.views_checked = False
+        #: Per endpoint: (the view's protection, whether the per-client limit applies).
+        self.routes: dict[str | None, tuple[Protection | None, bool]] = {}
 
 
 def init_flask(
@@ -183,6 +221,8 @@ def init_flask(
     key_func: Callable[[Request], str | None] | None = None,
     trust_proxy: int | None = None,
     idempotency: str | None = None,
+    exempt: Iterable[str] = (),
+    identity: Callable[[Request], object] | None = None,
 ) -> _runtime.Runtime:
     """Wire Baldur into ``app``; returns the runtime (``baldur.init()`` is called once per process).
 
@@ -192,19 +232,26 @@ def init_flask(
     requests per process, ``auto``: no ceiling beyond the server's own
     threads), ``trust_proxy`` (proxy hops whose ``X-Forwarded-For`` is
     believed, 0), ``key_func(request)`` (the client key; default: the
-    client's address) and ``idempotency``.
+    client's address; ``None`` falls back to it) and ``idempotency``.
+    Not from the environment: ``exempt`` (endpoint or blueprint names taken
+    out of the per-client limit and shedding, like ``@baldur.exempt``) and
+    ``identity(request)`` (whose stored idempotent responses a request may
+    receive; default: its credentials and client key), which is called
+    after the app's ``before_request`` hooks have authenticated the request.
     """
     runtime = _runtime.current()
-    options = _Options(app, runtime, rate_limit, max_concurrency, key_func, trust_proxy, idempotency)
+    warn_unknown_app_config(app.config, _APP_CONFIG_KEYS)
+    options = _Options(app, runtime, rate_limit, max_concurrency, key_func, trust_proxy, idempotency,
+                       exempt, identity)
     app.extensions[_EXTENSION] = options
     _web.install()
     app.wsgi_app = _Middleware(app, app.wsgi_app, options)  # type: ignore[method-assign]
-    # Outermost first: idempotency, then the per-client rate limit (then the view's own admission).
+    # First of all request hooks, before the app's own (registered before or after this call).
+    app.before_request_funcs.setdefault(None, []).insert(0, functools.partial(_admit_first, options))
     if options.idempotency != "off":
-        app.before_request(lambda: _idempotency_begin(options))
+        # After every before_request hook (the app's auth), as the view is dispatched.
+        app.dispatch_request = _dispatching(app.dispatch_request, options)  # type: ignore[method-assign]
         app.after_request(lambda response: _idempotency_complete(options, response))
-    if options.rate_limit is not None:
-        app.before_request(lambda: _limit_client(options))
     for error in (Rejected, CallTimeout, StoreUnavailable, IdempotencyMismatch):
         app.register_error_handler(error, _answer_error)
     return runtime
@@ -223,6 +270,8 @@ class _Middleware:
         self.queue = _QueueShedder(options.max_queue)
         #: Whether any view has a priority other than normal (then each request is routed to find its own).
         self.prioritised: bool | None = None
+        #: ``app.config``'s Baldur keys as ``init_flask`` read them, until the first request compares.
+        self.config_at_init: dict[str, Any] | None = _baldur_config(app)
 
     def priority(self, environ: dict[str, Any]) -> Priority:
         if self.prioritised is None:
@@ -238,6 +287,8 @@ class _Middleware:
         return getattr(view, "__baldur_priority__", Priority.NORMAL)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if self.config_at_init is not None:
+            self._warn_late_config()
         options = self.options
         priority = self.priority(environ)
         started = environ.get("HTTP_X_REQUEST_START")
@@ -246,15 +297,16 @@ class _Middleware:
             waited = queue_seconds(started, now)
             if waited is not None:
                 runs, retry_after = self.queue.admits(now, waited, options.in_flight.adaptive.long_latency, priority)
-                if not runs:
+                if not runs and not _exempt_route(self.app, options, environ):
                     _log.emit("backpressure.shed", "queue", waited_ms=round(waited * 1000))
                     return _shed(environ, start_response, retry_after)
         state = _Request(self.app, options)
-        if not options.in_flight.enter(priority):
+        if options.in_flight.enter(priority):
+            state.in_flight = True
+            state.admitted_at = time.monotonic()
+        elif not _exempt_route(self.app, options, environ):
             _log.emit("backpressure.shed", "in_flight", limit=options.max_concurrency)
             return _shed(environ, start_response, options.in_flight.retry_after())
-        state.in_flight = True
-        state.admitted_at = time.monotonic()
         environ[_STATE] = state
         state.token = web_call.set(state)
 
@@ -276,6 +328,22 @@ class _Middleware:
             _settle(state, options)
             return body
         return _Settling(body, state, options)
+
+    def _warn_late_config(self) -> None:
+        """``app.config`` changed after ``init_flask(app)`` read it: say so once, rather than ignore it silently."""
+        before, self.config_at_init = self.config_at_init, None
+        if before is None:
+            return
+        now = _baldur_config(self.app)
+        for key in sorted(set(before) | set(now)):
+            if (key in before, before.get(key)) != (key in now, now.get(key)):
+                logging.getLogger("baldur").warning(
+                    "app.config[%r] was set after init_flask(app) and is ignored: set it before calling "
+                    "init_flask(app), or pass it to init_flask", key)
+
+
+def _baldur_config(app: Flask) -> dict[str, Any]:
+    return {key: value for key, value in app.config.items() if key.startswith("BALDUR_")}
 
 
 class _Settling:
@@ -321,9 +389,6 @@ def _settle(state: _Request, options: _Options) -> None:
     if state.idempotency_claim is not None:  # the response was never stored (after_request did not run)
         claim, state.idempotency_claim = state.idempotency_claim, None
         claim.abort()
-    if state.extra is not None:  # the view never ran (another hook answered): the request still counts
-        extra, state.extra = state.extra, None
-        (_runtime._current or _runtime.current()).sync.rate(extra.key, extra.limit)
     try:
         if state.ticket is not None:
             runtime = _runtime._current or _runtime.current()
@@ -361,34 +426,111 @@ def _answer_error(exc: BaldurError) -> Response:
 
 def _client_key(req: Request, options: _Options) -> str:
     if options.key_func is not None:
-        key = options.key_func(req)
-        if key:
+        try:
+            key = options.key_func(req)
+        except LookupError as exc:  # KeyError, IndexError: the request lacks what key_func reads
+            _flask_logger.debug("key_func raised %r for %s: the client's address is its key",
+                                exc, req.path)
+            key = None
+        if key is not None and key != "":
             return str(key)
-    return client_address(req.remote_addr, req.environ.get("HTTP_X_FORWARDED_FOR"), options.trust_proxy)
+        _flask_logger.debug("key_func returned nothing for %s: the client's address is its key", req.path)
+    return client_address(req.remote_addr, req.environ.get("HTTP_X_FORWARDED_FOR"), options.trust_proxy,
+                          req.environ.get("HTTP_FORWARDED"), options.ipv6_prefix)
 
 
-def _limit_client(options: _Options) -> Response | None:
-    """before_request: the per-client rate limit of every request.
+def _is_exempt(options: _Options, endpoint: str | None, view: object, blueprints: Callable[[], Iterable[str]]) -> bool:
+    if getattr(view, _EXEMPT, False):
+        return True
+    if not options.exempt:
+        return False
+    return endpoint in options.exempt or any(name in options.exempt for name in blueprints())
 
-    For a protected view it is left to the view's admission, which decides
-    both in one store operation (one Redis round trip per request).
-    """
+
+def _exempt_route(app: Flask, options: _Options, environ: dict[str, Any]) -> bool:
+    """The request about to be shed goes to an exempt view (matched here: shedding runs before Flask)."""
+    try:
+        endpoint, _ = app.url_map.bind_to_environ(environ).match()
+    except HTTPException:
+        return False
+    blueprints = []
+    name = str(endpoint)
+    while "." in name:
+        name = name.rpartition(".")[0]
+        blueprints.append(name)
+    return _is_exempt(options, str(endpoint), app.view_functions.get(str(endpoint)), lambda: blueprints)
+
+
+def _admit_first(options: _Options) -> Response | None:
+    """The first before_request hook: the per-client rate limit and, for a protected view,
+    its admission, in one store step, before the app's hooks and any decorator around the
+    view can answer. Unmatched routes spend nothing."""
     req: Request = request._get_current_object()  # type: ignore[attr-defined]
     state: _Request | None = req.environ.get(_STATE)
-    if state is None or options.rate_limit is None:  # the WSGI layer was bypassed
+    rule = req.url_rule
+    if state is None or rule is None:  # the WSGI layer was bypassed, or no route matched
         return None
-    extra = ExtraLimit("default", f"web:{state.client_key()}", options.rate_limit)
+    if req.method == "OPTIONS" and getattr(rule, "provide_automatic_options", False):
+        return None  # answered by Flask itself (a CORS preflight), never by a view
     endpoint = req.endpoint
-    view = state.app.view_functions.get(endpoint) if endpoint is not None else None
-    if getattr(view, "__baldur__", None) is not None:
-        state.extra = extra
+    route = options.routes.get(endpoint)
+    if route is None:
+        route = options.routes[endpoint] = _route(state.app, options, req)
+    protection, limited = route
+    extra = None
+    if limited:
+        assert options.rate_limit is not None
+        extra = ExtraLimit("default", f"web:{state.client_key()}", options.rate_limit)
+    elif protection is None:
         return None
-    runtime = _runtime._current or _runtime.current()
-    decision = runtime.sync.rate(extra.key, extra.limit)
-    state.add_policy(extra.policy, extra.limit, decision)
-    if not decision.allowed:
-        return _answer_error(RateLimited(extra.policy, decision.retry_after))
-    return None
+    has_fallback = protection is not None and protection.options.fallback is not None
+    refusal = state.admit_front(protection, extra, has_fallback)
+    return None if refusal is None else _answer_error(refusal)
+
+
+def _route(app: Flask, options: _Options, req: Request) -> tuple[Protection | None, bool]:
+    """(the protection of the endpoint's view, whether the per-client limit applies): looked
+    up once per endpoint (Flask allows no new routes once it has served a request)."""
+    if not options.views_checked:
+        _check_views(app, options)
+    endpoint = req.endpoint
+    view = app.view_functions.get(endpoint) if endpoint is not None else None
+    protection = getattr(view, "__baldur__", None)
+    limited = options.rate_limit is not None and not _is_exempt(options, endpoint, view, lambda: req.blueprints)
+    return (protection if isinstance(protection, Protection) else None), limited
+
+
+def _check_views(app: Flask, options: _Options) -> None:
+    """A function that ``protected`` wrapped, registered as a view in place of its wrapper
+    (``@baldur.protected`` above ``@app.get``), is not protected at all: say so, once."""
+    options.views_checked = True
+    for endpoint, view in app.view_functions.items():
+        name = getattr(view, PROTECTED_BY, None)
+        if name is not None and getattr(view, "__baldur__", None) is None:
+            _flask_logger.warning(
+                "the view %r is registered without its protection %r: @baldur.protected must be placed "
+                "below @app.route (closer to the function), or the route serves the unprotected function",
+                endpoint, name)
+
+
+def unwired_refusal(protection: Protection, exc: Rejected) -> Exception | None:
+    """A protected view refused in an app that ``init_flask`` was not called on: log the fix
+    once and answer with the refusal's status (instead of a 500), or ``None`` when the call
+    is not a view of the current Flask request."""
+    if not has_request_context():
+        return None
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if _EXTENSION in app.extensions or not request.endpoint:
+        return None
+    view = app.view_functions.get(request.endpoint)
+    if getattr(view, "__baldur__", None) is not protection:
+        return None
+    if not app.extensions.get("baldur.unwired_logged"):
+        app.extensions["baldur.unwired_logged"] = True
+        _flask_logger.error("the protected view %r was refused (%s) in a Flask app without Baldur's hooks: "
+                            "call baldur.adapters.flask.init_flask(app) so that refusals become their HTTP "
+                            "answers with their headers", request.endpoint, type(exc).__name__)
+    return HTTPException(response=_respond(problem(exc, request.path)))
 
 
 _IDEMPOTENT_METHODS = ("POST", "PATCH")
@@ -397,11 +539,33 @@ _UNSAFE_HEADERS = frozenset({"set-cookie", "date", "server", "content-length", "
                              "transfer-encoding", "ratelimit", "ratelimit-policy"})
 
 
+#: Answers never stored for replay: the request was not authorised, or not admitted.
+_NEVER_STORED = frozenset({401, 403, 407, 429})
+
+
+def _dispatching(dispatch: Callable[[], Any], options: _Options) -> Callable[[], Any]:
+    """``app.dispatch_request``, idempotent: called after every before_request hook."""
+
+    @functools.wraps(dispatch)
+    def dispatch_request() -> Any:
+        if request.method not in _IDEMPOTENT_METHODS:
+            return dispatch()
+        answer = _idempotency_begin(options)
+        return dispatch() if answer is None else answer
+
+    return dispatch_request
+
+
 def _idempotency_begin(options: _Options) -> Response | None:
-    """before_request: claim the request's Idempotency-Key, replay its stored response, or refuse."""
+    """Claim the request's Idempotency-Key for its identity, replay its stored response, or refuse.
+
+    Runs after the app's before_request hooks (its authentication) and after Baldur's
+    admission: a replay, a conflict and a mismatch have spent the client's quota, and the
+    body of a refused client is never read.
+    """
     req: Request = request._get_current_object()  # type: ignore[attr-defined]
     state: _Request | None = req.environ.get(_STATE)
-    if state is None or req.method not in _IDEMPOTENT_METHODS:
+    if state is None or req.method not in _IDEMPOTENT_METHODS or req.routing_exception is not None:
         return None
     values = req.headers.getlist("Idempotency-Key")
     if not values:
@@ -412,10 +576,14 @@ def _idempotency_begin(options: _Options) -> Response | None:
         key = parse_idempotency_key(values)
     except ValueError as exc:
         return _respond(bad_request(str(exc), req.path))
+    body = _bounded_body(req, options.idempotency_max_bytes)
+    if body is None:
+        return _respond(_too_large(req, options.idempotency_max_bytes))
     # The route as mounted (SCRIPT_NAME): two apps of one process, /v1 and /v2, never share a key.
     rule = req.script_root + (req.url_rule.rule if req.url_rule is not None else req.path)
-    scope = "http:" + fingerprint(state.client_key(), req.method, rule, key)
-    body_print = fingerprint(req.method, req.path, req.query_string, req.get_data(cache=True))
+    identity = _identity(req, state, options)
+    scope = "http:" + fingerprint(identity, req.method, rule, key)
+    body_print = fingerprint(req.method, req.path, req.query_string, body)
     runtime = _runtime._current or _runtime.current()
     claim = Claim(runtime, req.endpoint or rule, scope, body_print)
     try:
@@ -428,8 +596,50 @@ def _idempotency_begin(options: _Options) -> Response | None:
         replay = Response(base64.b64decode(stored["body"]), status=stored["status"], headers=stored["headers"])
         replay.headers["Idempotent-Replayed"] = "true"
         return replay
+    if claim.held and options.records_per_identity is not None:
+        # A new record: within the identity's bound of records per TTL, or refused (429).
+        decision = runtime.sync.rate("idem:" + fingerprint(identity), options.records_per_identity)
+        if not decision.allowed:
+            claim.abort()
+            return _answer_error(RateLimited("idempotency-records", decision.retry_after))
     state.idempotency_claim = claim if claim.held else None
     return None
+
+
+def _identity(req: Request, state: _Request, options: _Options) -> str:
+    """Whose stored responses this request may receive: ``identity(request)``, else a hash
+    of its credentials (Authorization, the app's session cookie) and its client key."""
+    if options.identity is not None:
+        try:
+            who = options.identity(req)
+        except LookupError as exc:
+            _flask_logger.debug("identity raised %r for %s: the request's credentials are its identity",
+                                exc, req.path)
+            who = None
+        if who is not None:
+            return "id:" + str(who)
+    cookie = req.cookies.get(state.app.config.get("SESSION_COOKIE_NAME") or "session", "")
+    return "cred:" + fingerprint(req.headers.get("Authorization", ""), cookie, state.client_key())
+
+
+def _bounded_body(req: Request, cap: int) -> bytes | None:
+    """The request's body, read once (the view reads it again from the cache), or ``None``
+    when it is larger than ``cap``: then no more than ``cap + 1`` bytes were read."""
+    length = req.content_length
+    if length is not None and length > cap:
+        return None
+    data = req.stream.read(cap + 1)
+    if len(data) > cap:
+        return None
+    req._cached_data = data  # what get_data() and form parsing read
+    return data
+
+
+def _too_large(req: Request, cap: int) -> tuple[int, dict[str, str], bytes]:
+    body = {"type": "about:blank", "title": "Content Too Large", "status": 413, "instance": req.path,
+            "detail": f"a request with an Idempotency-Key may carry at most {cap} bytes "
+                      "(BALDUR_IDEMPOTENCY_MAX_BYTES)"}
+    return 413, {"Content-Type": "application/problem+json"}, json.dumps(body).encode()
 
 
 def _idempotency_complete(options: _Options, response: Response) -> Response:
@@ -438,8 +648,10 @@ def _idempotency_complete(options: _Options, response: Response) -> Response:
     if state is None or state.idempotency_claim is None:
         return response
     claim, state.idempotency_claim = state.idempotency_claim, None
-    if state.rejected or not _in_hand(response):
-        # Baldur refused it (try again with the same key), or the body is not in hand to store.
+    view_ran = state.front is None or state.entered
+    if state.rejected or not view_ran or response.status_code in _NEVER_STORED or not _in_hand(response):
+        # Baldur refused it, the view never ran (a decorator answered), the request was not
+        # authorised (try again with the same key), or the body is not in hand to store.
         claim.abort()
         return response
     size = response.content_length if response.is_streamed else len(response.get_data())
@@ -471,6 +683,8 @@ def _outcome(state: _Request) -> Outcome:
     """How the view's call ends for its breaker: an exception or a 5xx fails, a 4xx does not."""
     if state.rejected:
         return Outcome.IGNORED  # Baldur refused a call inside the view (a fallback answered)
+    if state.front is not None and not state.entered:
+        return Outcome.IGNORED  # admitted at the front, then answered by a hook or decorator of the app
     error = state.error
     if isinstance(error, Rejected):
         return Outcome.IGNORED  # a protected call inside the view was refused (answered by a fallback)

@@ -14,7 +14,7 @@ Rules of this file, in the manner of h11's ``_state.py``:
 
 States::
 
-    closed ──(failure rate ≥ threshold, or N consecutive failures)──▶ open
+    closed ──(failure rate ≥ threshold after any outcome, or N consecutive failures)──▶ open
     open ──(open_for elapsed, at the next call)──▶ half_open
     half_open ──(half_open_calls trials all succeeded)──▶ closed
     half_open ──(a trial failed)──▶ open
@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from baldur.errors import ConfigError
 
 __all__ = [
+    "BUCKETS",
     "TRANSITIONS",
     "Breaker",
     "BreakerState",
@@ -44,6 +45,7 @@ __all__ = [
     "State",
     "Window",
     "absorb",
+    "bucket_width",
     "diagram",
     "force",
     "open_lane",
@@ -75,7 +77,8 @@ TRANSITIONS: tuple[tuple[State, State, str], ...] = (
     (State.HALF_OPEN, State.OPEN, "a trial failed"),
 )
 
-_BUCKETS = 10
+#: The window is this many buckets of ``window / BUCKETS`` seconds (the Redis scripts get it from here).
+BUCKETS = 10
 
 
 def diagram() -> str:
@@ -225,9 +228,14 @@ class Breaker:
         return Outcome.IGNORED
 
 
+def bucket_width(options: Breaker) -> float:
+    """Seconds per bucket of the breaker's window."""
+    return options.window / BUCKETS
+
+
 @dataclass(slots=True)
 class Window:
-    """Calls and failures of the last ``_BUCKETS`` buckets of ``width`` seconds each.
+    """Calls and failures of the last ``BUCKETS`` buckets of ``width`` seconds each.
 
     A bucket is reused when its epoch (``int(now / width)``, ``now`` ≥ 0; the
     Redis scripts compute ``math.floor(now / width)``, the same double) comes
@@ -235,13 +243,13 @@ class Window:
     """
 
     width: float
-    epochs: list[int] = field(default_factory=lambda: [-1] * _BUCKETS)
-    calls: list[int] = field(default_factory=lambda: [0] * _BUCKETS)
-    failures: list[int] = field(default_factory=lambda: [0] * _BUCKETS)
+    epochs: list[int] = field(default_factory=lambda: [-1] * BUCKETS)
+    calls: list[int] = field(default_factory=lambda: [0] * BUCKETS)
+    failures: list[int] = field(default_factory=lambda: [0] * BUCKETS)
 
     def add(self, now: float, failed: bool) -> None:
         epoch = int(now / self.width)
-        i = epoch % _BUCKETS
+        i = epoch % BUCKETS
         if self.epochs[i] != epoch:
             self.epochs[i] = epoch
             self.calls[i] = 0
@@ -252,30 +260,34 @@ class Window:
 
     def add_successes(self, epoch: int, count: int) -> None:
         """``count`` successes that happened in bucket ``epoch`` (dropped if it has left the window)."""
-        i = epoch % _BUCKETS
+        i = epoch % BUCKETS
         if self.epochs[i] == epoch:
             self.calls[i] += count
 
     def totals(self, now: float) -> tuple[int, int]:
         """(calls, failures) in the buckets that are still inside the window."""
-        oldest = int(now / self.width) - _BUCKETS
+        oldest = int(now / self.width) - BUCKETS
         calls = failures = 0
-        for i in range(_BUCKETS):
+        for i in range(BUCKETS):
             if self.epochs[i] > oldest:
                 calls += self.calls[i]
                 failures += self.failures[i]
         return calls, failures
 
     def clear(self) -> None:
-        self.epochs[:] = [-1] * _BUCKETS
+        self.epochs[:] = [-1] * BUCKETS
         # Zero the counts too: ``totals`` counts a bucket of epoch -1 while now < 9 widths.
-        self.calls[:] = [0] * _BUCKETS
-        self.failures[:] = [0] * _BUCKETS
+        self.calls[:] = [0] * BUCKETS
+        self.failures[:] = [0] * BUCKETS
 
 
 @dataclass(slots=True)
 class BreakerState:
     window: Window
+    #: The options the state was built for: the window's width and the fast lane's rule come from them.
+    options: Breaker
+    #: The protected name, for the events a store emits about this state.
+    name: str = ""
     state: State = State.CLOSED
     #: When the breaker last opened (valid in OPEN and HALF_OPEN).
     opened_at: float = 0.0
@@ -289,7 +301,9 @@ class BreakerState:
     #: The fast lane (``MemoryStore.succeed``): while closed and ``now < lane_end``,
     #: a success is one ``next(lane_count)`` without any lock (``itertools.count``
     #: is atomic under the GIL); all such successes fall in bucket ``lane_epoch``.
-    #: ``absorb`` folds them into the window before any decision reads it.
+    #: ``absorb`` folds them into the window before any decision reads it. The
+    #: lane is open only while no success in that bucket could open the breaker
+    #: (see ``open_lane``), so skipping their evaluation changes no decision.
     lane_epoch: int = -1
     lane_end: float = -math.inf
     lane_count: itertools.count[int] = field(default_factory=itertools.count)
@@ -298,8 +312,8 @@ class BreakerState:
     lane_absorbed: int = 0
 
     @classmethod
-    def new(cls, options: Breaker) -> BreakerState:
-        return cls(window=Window(options.window / _BUCKETS))
+    def new(cls, options: Breaker, name: str = "") -> BreakerState:
+        return cls(window=Window(bucket_width(options)), options=options, name=name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,15 +372,35 @@ def absorb(s: BreakerState) -> None:
         s.window.add_successes(s.lane_epoch, fresh)
 
 
-def open_lane(s: BreakerState, now: float) -> None:
-    """Record one success at ``now`` and open the fast lane for the rest of its bucket."""
-    absorb(s)
-    if s.state is not State.CLOSED:
-        return
-    s.consecutive_failures = 0
-    s.window.add(now, False)
-    s.lane_epoch = int(now / s.window.width)
-    s.lane_end = (s.lane_epoch + 1) * s.window.width
+def open_lane(s: BreakerState, now: float) -> State | None:
+    """Record one success at ``now`` (with ``s.options``) and open the fast lane for the rest
+    of its bucket if no success there could open the breaker; return the new state if it changed.
+
+    Within one bucket no count leaves the window, so successes only lower the
+    share of failures: the rule can fire on a success only where the count of
+    calls reaches ``min_calls``, and never if the failures already counted are
+    below ``failure_rate`` of ``max(min_calls, calls + 1)``. A failure recorded
+    meanwhile checks that again (``record``).
+    """
+    o = s.options
+    absorb(s)  # before ``lane_epoch`` moves on: late counts of a closed lane belong to its bucket
+    transition = record(s, now, o, Outcome.SUCCESS, False)
+    # ``lane_end`` ends the bucket only where int() floors: on clocks at or after 0, as monotonic clocks are.
+    if s.state is State.CLOSED and now >= 0.0 and (
+            o.failure_rate is None or _lane_is_safe(o.failure_rate, o.min_calls, *s.window.totals(now))):
+        s.lane_epoch = int(now / s.window.width)
+        s.lane_end = (s.lane_epoch + 1) * s.window.width
+    return transition
+
+
+def _lane_is_safe(rate: float, min_calls: int, calls: int, failures: int) -> bool:
+    """No further success in the current bucket can make the failure rate fire."""
+    return not _share_reached(failures, max(min_calls, calls + 1), rate)
+
+
+def _share_reached(failures: int, calls: int, rate: float) -> bool:
+    # A share, not a product: 7 of 100 must reach failure_rate=0.07 (0.07 * 100 > 7.0).
+    return failures / calls >= rate
 
 
 def record(s: BreakerState, now: float, o: Breaker, outcome: Outcome, trial: bool) -> State | None:
@@ -377,19 +411,23 @@ def record(s: BreakerState, now: float, o: Breaker, outcome: Outcome, trial: boo
     if state is State.CLOSED:
         if trial or outcome is Outcome.IGNORED:
             return None
-        if outcome is Outcome.SUCCESS:
-            s.consecutive_failures = 0
-            s.window.add(now, False)
-            return None
-        s.consecutive_failures += 1
-        s.window.add(now, True)
-        if o.consecutive_failures is not None and s.consecutive_failures >= o.consecutive_failures:
-            return _open(s, now)
-        if o.failure_rate is not None:
-            calls, failures = s.window.totals(now)
-            # A share, not a product: 7 of 100 must reach failure_rate=0.07 (0.07 * 100 > 7.0).
-            if calls >= o.min_calls and failures / calls >= o.failure_rate:
+        failed = outcome is Outcome.FAILURE
+        s.window.add(now, failed)
+        if failed:
+            s.consecutive_failures += 1
+            if o.consecutive_failures is not None and s.consecutive_failures >= o.consecutive_failures:
                 return _open(s, now)
+        else:
+            s.consecutive_failures = 0
+        rate = o.failure_rate
+        if rate is not None:
+            # After every outcome, as Resilience4j does: a success may complete min_calls, and
+            # old successes leaving the window raise the share of the failures still in it.
+            calls, failures = s.window.totals(now)
+            if calls >= o.min_calls and _share_reached(failures, calls, rate):
+                return _open(s, now)
+            if failed and now < s.lane_end and not _lane_is_safe(rate, o.min_calls, calls, failures):
+                _close_lane(s)  # the next success could open the breaker: it must be evaluated
         return None
     if state is State.HALF_OPEN and trial:
         if outcome is Outcome.FAILURE:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 __all__ = ["IdempotencyRecord", "Verdict", "abort", "begin", "complete", "renew"]
 
 #: A claim's lease: renewed by the running worker, taken over when it lapses.
-LEASE_SECONDS = 30.0
+CLAIM_LEASE_SECONDS = 30.0
 
 
 class Verdict(enum.Enum):

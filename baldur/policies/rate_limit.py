@@ -5,17 +5,24 @@ constant memory, no background refill. ``RateLimit("100/minute")`` emits one
 unit of quota every 0.6 s and tolerates a burst of 100; ``burst=10`` makes it
 smoother. The answer carries everything the HTTP headers need
 (remaining, retry_after, next_after), so they cost nothing extra.
+
+Time is integer microseconds, here and in the Redis scripts: a float of
+seconds since the epoch has 0.24 µs spacing and drifts under addition, and
+Lua numbers are doubles, so only integers let both stores decide alike at any
+clock and any rate. The emission interval is the period over the quota in
+whole microseconds, rounded up when it does not divide (``15000/second``:
+67 µs, so 14 925 a second in the long run; never more than the quota); a burst
+admits exactly ``burst`` calls whatever the interval.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
 from baldur.errors import ConfigError
 
-__all__ = ["RateDecision", "RateLimit", "gcra"]
+__all__ = ["MICROS", "RateDecision", "RateLimit", "gcra", "micros"]
 
 _UNITS = {
     "second": 1.0, "seconds": 1.0, "sec": 1.0, "s": 1.0,
@@ -59,19 +66,26 @@ class RateLimit:
 
     @property
     def interval(self) -> float:
-        """Seconds between two units of quota (GCRA's emission interval T)."""
-        return self.period / self.quota
+        """Seconds between two units of quota (GCRA's emission interval T, see ``interval_us``)."""
+        return self.interval_us / MICROS
 
     @property
-    def tolerance(self) -> float:
-        """GCRA's burst tolerance τ = T × (burst − 1)."""
-        return self.interval * (self.burst - 1)
+    def interval_us(self) -> int:
+        """T in whole microseconds, rounded up (at least 1): the unit both stores compute in."""
+        return max(1, -(-round(self.period * MICROS) // max(self.quota, 1)))
+
+    @property
+    def tolerance_us(self) -> int:
+        """GCRA's burst tolerance τ = T × (burst − 1), in microseconds."""
+        return self.interval_us * (self.burst - 1)
 
     def __repr__(self) -> str:
         return f"RateLimit({self.spec!r}, burst={self.burst})"
 
 
 OFF = "off"
+#: Microseconds in a second: the unit of time of ``gcra``.
+MICROS = 1_000_000
 
 
 def _parse(spec: str, setting: str) -> tuple[int, float]:
@@ -105,39 +119,34 @@ class RateDecision:
     reset_after: float
 
 
-def gcra(tat: float | None, now: float, limit: RateLimit, cost: int = 1) -> tuple[RateDecision, float | None]:
-    """Decide one call of ``cost`` units; return the decision and the TAT to store.
+def gcra(tat: int | None, now: int, limit: RateLimit, cost: int = 1) -> tuple[RateDecision, int | None]:
+    """Decide one call of ``cost`` units at ``now``; return the decision and the TAT to store.
 
-    ``tat`` is the stored theoretical arrival time (``None`` for a new key);
-    a refused call stores nothing, so the returned TAT is then the old one.
+    Times are integer microseconds. ``tat`` is the stored theoretical arrival
+    time (``None`` for a new key); a refused call stores nothing, so the
+    returned TAT is then the old one. The Redis scripts (``_common.lua``) do
+    the same integer arithmetic, then the same one division into seconds.
     """
-    interval = limit.interval
-    tolerance = limit.tolerance
+    interval = limit.interval_us
+    tolerance = limit.tolerance_us
     base = now if tat is None or tat < now else tat
     new_tat = base + interval * cost
     allow_at = new_tat - tolerance - interval
-    # A TAT built by adding intervals drifts by up to half an ulp per addition: without
-    # this slack a burst of N would admit N - 1 (and count one unit too few) for many
-    # values of ``now``. A few ulps per unit of burst: nanoseconds, never a real early admission.
-    eps = min(0.5 * interval, 4 * (tolerance / interval + 1) * _ulp(new_tat))
-    if allow_at - now > eps:
-        return RateDecision(
-            allowed=False,
-            remaining=_remaining(tolerance - (base - now), interval, eps),
-            retry_after=allow_at - now,
-            next_after=allow_at - now,
-            reset_after=base - now,
-        ), tat
+    if allow_at > now:
+        wait = (allow_at - now) / MICROS
+        return RateDecision(False, _remaining(tolerance - (base - now), interval), wait, wait,
+                            (base - now) / MICROS), tat
     slack = tolerance - (new_tat - now)
-    next_after = interval - ((slack + eps) % interval - eps) if slack + eps >= 0 else -slack
-    return RateDecision(True, _remaining(slack, interval, eps), 0.0, next_after, new_tat - now), new_tat
+    next_after = interval - slack % interval if slack >= 0 else -slack
+    return RateDecision(True, _remaining(slack, interval), 0.0, next_after / MICROS,
+                        (new_tat - now) / MICROS), new_tat
 
 
-def _ulp(x: float) -> float:
-    """The spacing of doubles near ``x`` (as the Redis scripts compute it, with frexp)."""
-    return math.ldexp(1.0, math.frexp(x)[1] - 53)
+def micros(seconds: float) -> int:
+    """A clock reading in seconds as the integer microseconds ``gcra`` and the scripts use."""
+    return round(seconds * MICROS)
 
 
-def _remaining(slack: float, interval: float, eps: float = 0.0) -> int:
-    """Units of quota left when the bucket has ``slack`` seconds of tolerance unused."""
-    return math.floor((slack + eps) / interval) + 1 if slack + eps >= 0 else 0
+def _remaining(slack: int, interval: int) -> int:
+    """Units of quota left when the bucket has ``slack`` microseconds of tolerance unused."""
+    return slack // interval + 1 if slack >= 0 else 0

@@ -1,15 +1,23 @@
 """The in-memory store: one process's state, thread-safe and bounded.
 
 It applies the pure policies under one lock, so that each operation is
-atomic. Every key (breaker, limiter, concurrency counter) lives in one LRU
-table of at most ``max_keys`` entries; a limiter key whose TAT has passed
-holds no information and is dropped when met. Under pressure the least
-recently used key is evicted: a client then starts again with a full quota,
-which is the price of a bounded process.
+atomic. State lives in three tables, so that one client's traffic can never
+erase another kind of state:
+
+- per name (breakers, concurrency counters, a name's own rate limit): as
+  many entries as the code declares names, never evicted;
+- per client (rate limits keyed by a client): an LRU of at most
+  ``max_keys`` entries; a key whose TAT has passed holds no information and
+  is dropped first. Under pressure the least recently used client starts
+  again with a full quota, the price of a bounded process;
+- idempotency records: bounded in bytes (``max_response_bytes``). A claim
+  in flight is never evicted; a completed record is, oldest first, with one
+  WARNING per eviction, and its key then runs again.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -18,36 +26,47 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from baldur import _log
-from baldur.errors import CircuitOpen, Overloaded, RateLimited, Rejected
 from baldur.policies import breaker as breaker_policy
 from baldur.policies import idempotency
 from baldur.policies.breaker import Breaker, BreakerState, Outcome, State
-from baldur.policies.concurrency import SHED_RETRY_AFTER, admits
+from baldur.policies.concurrency import admits
 from baldur.policies.idempotency import IdempotencyRecord, Verdict
-from baldur.policies.rate_limit import RateDecision, RateLimit, gcra
+from baldur.policies.rate_limit import MICROS, RateDecision, RateLimit, gcra, micros
+from baldur.stores._decisions import TRANSITION_EVENTS, Admission, announce_transition, rejection
 from baldur.stores._types import ExtraLimit, IdempotencyStart, Plan, Ticket
 
 __all__ = ["MemoryStore"]
 
 _CLOSED = State.CLOSED
+_logger = logging.getLogger("baldur.idempotency")
+#: What a stored record costs beyond its strings (the record object, the table's entry).
+_RECORD_OVERHEAD = 200
 _SUCCESS = Outcome.SUCCESS
-_TRANSITION_EVENTS = {
-    State.OPEN: "circuit.opened",
-    State.HALF_OPEN: "circuit.half_open",
-    State.CLOSED: "circuit.closed",
+_FORCED_EVENTS = {
+    **TRANSITION_EVENTS,
+    State.FORCED_OPEN: "circuit.opened",
+    State.FORCED_CLOSED: "circuit.closed",
 }
 
 
 class MemoryStore:
-    def __init__(self, max_keys: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, max_keys: int = 100_000, clock: Callable[[], float] = time.monotonic,
+                 max_response_bytes: int = 64 * 1024 * 1024) -> None:
         self.max_keys = max_keys
+        self.max_response_bytes = max_response_bytes
         self.clock = clock
         self._lock = threading.Lock()
-        self._keys: OrderedDict[str, object] = OrderedDict()
+        #: Per name: breakers, concurrency counters, a name's own rate limit. Never evicted.
+        self._keys: dict[str, object] = {}
+        #: Per client: rate-limit TATs, an LRU of at most ``max_keys``.
+        self._clients: OrderedDict[str, float] = OrderedDict()
+        #: Idempotency records, oldest first, and what they cost in bytes.
+        self._records: OrderedDict[str, IdempotencyRecord] = OrderedDict()
+        self.record_bytes = 0
         _stores.add(self)
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self._keys) + len(self._clients) + len(self._records)
 
     # -- the operations ---------------------------------------------------
 
@@ -63,42 +82,41 @@ class MemoryStore:
                 return plan.plain_ticket
         now = self.clock()
         transition: State | None = None
-        rejection: Rejected | None = None
+        admission = Admission.ADMITTED
         decision = extra_decision = None
         holds_slot = trial = False
+        wait = 0.0
         with self._lock:
             if extra is not None:
-                extra_decision = self._rate(extra.key, extra.limit, now)
+                extra_decision = self._rate(extra.key, extra.limit, now, per_client=True)
                 if not extra_decision.allowed:
-                    rejection = RateLimited(extra.policy, extra_decision.retry_after, limit=extra.limit,
-                                            decision=extra_decision)
-            if rejection is None and plan.rate_limit is not None:
+                    admission = Admission.EXTRA_RATE_LIMITED
+            if admission is Admission.ADMITTED and plan.rate_limit is not None:
                 key = plan.rate_key if client is None else f"{plan.rate_key}:{client}"
-                decision = self._rate(key, plan.rate_limit, now)
+                decision = self._rate(key, plan.rate_limit, now, per_client=client is not None)
                 if not decision.allowed:
-                    rejection = RateLimited(plan.name, decision.retry_after, limit=plan.rate_limit,
-                                            decision=decision)
-            if rejection is None and plan.max_concurrency is not None:
+                    admission = Admission.RATE_LIMITED
+            if admission is Admission.ADMITTED and plan.max_concurrency is not None:
                 count: int = self._get(plan.concurrency_key, 0)  # type: ignore[assignment]
                 if admits(count, plan.max_concurrency):
                     self._put(plan.concurrency_key, count + 1)
                     holds_slot = True
                 else:
-                    rejection = Overloaded(plan.name, SHED_RETRY_AFTER)
-            if rejection is None and options is not None:
-                verdict = breaker_policy.preflight(self._breaker(plan.breaker_key, options), now, options)
-                transition = verdict.transition
-                trial = verdict.trial
-                if not verdict.admitted:
+                    admission = Admission.OVERLOADED
+            if admission is Admission.ADMITTED and options is not None:
+                flight = breaker_policy.preflight(self._breaker(plan.breaker_key, plan.name, options), now, options)
+                transition = flight.transition
+                trial = flight.trial
+                if not flight.admitted:
                     if holds_slot:
                         self._release(plan.concurrency_key)
-                    rejection = CircuitOpen(plan.name, verdict.retry_after)
-        self._announce(plan.name, transition)
-        if rejection is not None:
-            _announce_rejection(rejection, client)
-            if extra_decision is not None and extra_decision.allowed and isinstance(rejection, Rejected):
-                rejection.extra_rate = extra_decision
-            raise rejection
+                    admission = Admission.CIRCUIT_OPEN
+                    wait = flight.retry_after
+        if transition is not None:
+            announce_transition(plan.name, transition)
+        if admission is not Admission.ADMITTED:
+            raise rejection(admission, plan, client, decision=decision, extra=extra, extra_decision=extra_decision,
+                            retry_after=wait)
         if not trial and not holds_slot and decision is None and extra_decision is None:
             return plan.plain_ticket
         ticket = Ticket(plan, trial, holds_slot, decision)
@@ -124,17 +142,12 @@ class MemoryStore:
             if ticket.holds_slot:
                 self._release(plan.concurrency_key)
             if options is not None:
-                state = self._breaker(plan.breaker_key, options)
-                if outcome is _SUCCESS and state.state is _CLOSED and not ticket.trial:
-                    # The hot path, inlined from ``record``: a success while closed.
-                    state.consecutive_failures = 0
-                    state.window.add(now, False)
-                else:
-                    transition = breaker_policy.record(state, now, options, outcome, ticket.trial)
+                state = self._breaker(plan.breaker_key, plan.name, options)
+                transition = breaker_policy.record(state, now, options, outcome, ticket.trial)
         finally:
             lock.release()
         if transition is not None:
-            self._announce(plan.name, transition)
+            announce_transition(plan.name, transition)
 
     def fast_lane(self, plan: Plan) -> BreakerState | None:
         """The breaker state a caller may hold on to while it stays closed, or ``None``.
@@ -150,7 +163,7 @@ class MemoryStore:
         if options is None or plan.needs_lock or options.slow_call is not None:
             return None
         with self._lock:
-            state = self._breaker(plan.breaker_key, options)
+            state = self._breaker(plan.breaker_key, plan.name, options)
         return state if state.state is _CLOSED else None
 
     def succeed(self, state: BreakerState) -> None:
@@ -160,12 +173,14 @@ class MemoryStore:
             next(state.lane_count)  # no lock: see ``BreakerState.lane_count``
             return
         with self._lock:
-            breaker_policy.open_lane(state, now)
+            transition = breaker_policy.open_lane(state, now)
+        if transition is not None:
+            announce_transition(state.name, transition)
 
     def rate(self, key: str, limit: RateLimit) -> RateDecision:
         now = self.clock()
         with self._lock:
-            decision = self._rate(key, limit, now)
+            decision = self._rate(key, limit, now, per_client=True)
         if not decision.allowed:
             _log.emit("ratelimit.blocked", key, retry_after=round(decision.retry_after, 3))
         return decision
@@ -177,106 +192,137 @@ class MemoryStore:
 
     def force_breaker(self, name: str, options: Breaker, state: State) -> None:
         with self._lock:
-            breaker_policy.force(self._breaker(f"b:{name}", options), state)
-        if state is _CLOSED:
-            _log.emit("circuit.closed", name, forced=True)
+            breaker_policy.force(self._breaker(f"b:{name}", name, options), state)
+        # Forced and reset states are announced like the automatic ones, so an operator's
+        # open() shows in the log as plainly as a breaker that opened by itself.
+        _log.emit(_FORCED_EVENTS[state], name, state=str(state), forced=True)
 
     def idempotency_begin(self, key: str, fingerprint: str, token: str) -> IdempotencyStart:
         now = self.clock()
         with self._lock:
-            record = self._idempotency_record(key)
+            record = self._records.get(key)
             verdict, claim, retry_after = idempotency.begin(record, now, fingerprint, token,
-                                                            idempotency.LEASE_SECONDS)
+                                                            idempotency.CLAIM_LEASE_SECONDS)
             if claim is not None:
-                self._put(f"i:{key}", claim)
+                self._store_record(key, claim, record)
         result = record.result if verdict is Verdict.REPLAY and record is not None else None
         return IdempotencyStart(verdict, result, retry_after)
 
     def idempotency_complete(self, key: str, token: str, result: str, ttl: float) -> bool:
         now = self.clock()
         with self._lock:
-            return idempotency.complete(self._idempotency_record(key), now, token, result, ttl)
+            record = self._records.get(key)
+            before = 0 if record is None else _record_size(key, record)
+            if not idempotency.complete(record, now, token, result, ttl):
+                return False
+            assert record is not None
+            self.record_bytes += _record_size(key, record) - before
+            self._records.move_to_end(key)
+            if self.record_bytes > self.max_response_bytes:
+                self._evict_records(now)
+            return True
 
     def idempotency_renew(self, key: str, token: str) -> bool:
         now = self.clock()
         with self._lock:
-            return idempotency.renew(self._idempotency_record(key), now, token, idempotency.LEASE_SECONDS)
+            return idempotency.renew(self._records.get(key), now, token, idempotency.CLAIM_LEASE_SECONDS)
 
     def idempotency_abort(self, key: str, token: str) -> None:
         now = self.clock()
         with self._lock:
-            if idempotency.abort(self._idempotency_record(key), now, token):
-                del self._keys[f"i:{key}"]
+            record = self._records.get(key)
+            if idempotency.abort(record, now, token):
+                assert record is not None
+                self._drop_record(key, record)
 
     def reset(self) -> None:
         with self._lock:
             for value in self._keys.values():
                 _retire(value)
             self._keys.clear()
+            self._clients.clear()
+            self._records.clear()
+            self.record_bytes = 0
 
     def close(self) -> None:
         self.reset()
 
     # -- helpers (called with the lock held) ------------------------------
 
-    def _rate(self, key: str, limit: RateLimit, now: float) -> RateDecision:
-        tat: float | None = self._keys.get(key)  # type: ignore[assignment]
-        decision, new_tat = gcra(tat, now, limit)
+    def _rate(self, key: str, limit: RateLimit, now: float, per_client: bool) -> RateDecision:
+        # A TAT is kept as a float of microseconds (exact below 2**53 µs, 285 years).
+        table: dict[str, object] = self._clients if per_client else self._keys  # type: ignore[assignment]
+        stored: float | None = table.get(key)  # type: ignore[assignment]
+        tat = None if stored is None else int(stored)
+        decision, new_tat = gcra(tat, micros(now), limit)
         if new_tat is not None and new_tat != tat:
-            self._put(key, new_tat)
+            if per_client:
+                self._put_client(key, float(new_tat), now)
+            else:
+                self._keys[key] = float(new_tat)
         return decision
 
-    def _breaker(self, key: str, options: Breaker) -> BreakerState:
+    def _breaker(self, key: str, name: str, options: Breaker) -> BreakerState:
         state: BreakerState | None = self._keys.get(key)  # type: ignore[assignment]
         if state is None:
-            state = BreakerState.new(options)
-            self._put(key, state)
-        else:
-            self._keys.move_to_end(key)
+            state = BreakerState.new(options, name)
+            self._keys[key] = state
         return state
 
-    def _idempotency_record(self, key: str) -> IdempotencyRecord | None:
-        record = self._keys.get(f"i:{key}")
-        return record if isinstance(record, IdempotencyRecord) else None
-
     def _get(self, key: str, default: object) -> object:
-        value = self._keys.get(key, default)
-        if value is not default:
-            self._keys.move_to_end(key)
-        return value
+        return self._keys.get(key, default)
 
     def _put(self, key: str, value: object) -> None:
-        keys = self._keys
-        keys[key] = value
-        keys.move_to_end(key)
-        if len(keys) > self.max_keys:
-            self._evict()
+        self._keys[key] = value
 
-    def _evict(self) -> None:
-        keys = self._keys
-        now = self.clock()
-        # Drop what holds no information first (a drained TAT, an idle counter),
-        # looking at a bounded number of the oldest keys; then plain LRU.
-        for _ in range(min(64, len(keys))):
-            key, value = next(iter(keys.items()))
-            if (isinstance(value, float) and value <= now) or value == 0:
-                del keys[key]
-                if len(keys) <= self.max_keys:
+    def _put_client(self, key: str, tat: float, now: float) -> None:
+        clients = self._clients
+        clients[key] = tat
+        clients.move_to_end(key)
+        if len(clients) > self.max_keys:
+            # Drop what holds no information first (a drained TAT), looking at a bounded
+            # number of the oldest keys; then plain LRU.
+            for _ in range(min(64, len(clients))):
+                oldest, value = next(iter(clients.items()))
+                if value > now * MICROS:
+                    break
+                del clients[oldest]
+                if len(clients) <= self.max_keys:
                     return
-            else:
+            while len(clients) > self.max_keys:
+                clients.popitem(last=False)
+
+    def _store_record(self, key: str, record: IdempotencyRecord, replaced: IdempotencyRecord | None) -> None:
+        if replaced is not None:
+            self.record_bytes -= _record_size(key, replaced)
+        self._records[key] = record
+        self._records.move_to_end(key)
+        self.record_bytes += _record_size(key, record)
+
+    def _drop_record(self, key: str, record: IdempotencyRecord) -> None:
+        del self._records[key]
+        self.record_bytes -= _record_size(key, record)
+
+    def _evict_records(self, now: float) -> None:
+        """Back under ``max_response_bytes``: drop expired records, then the oldest completed
+        ones. A claim in flight is never dropped (its call is running)."""
+        evicted = 0
+        for key, record in list(self._records.items()):
+            if self.record_bytes <= self.max_response_bytes:
                 break
-        while len(keys) > self.max_keys:
-            _retire(keys.popitem(last=False)[1])
+            expired = record.until <= now
+            if expired or record.done:
+                self._drop_record(key, record)
+                evicted += 0 if expired else 1
+        if evicted:
+            _logger.warning("the memory store evicted %d stored idempotent response(s) to stay within "
+                            "BALDUR_MEMORY_MAX_RESPONSE_BYTES=%d: a retry with such a key runs again; "
+                            "raise the bound or use Redis (BALDUR_REDIS_URL)", evicted, self.max_response_bytes)
 
     def _release(self, key: str) -> None:
         count = self._keys.get(key)
         if isinstance(count, int) and count > 0:
             self._keys[key] = count - 1
-
-    @staticmethod
-    def _announce(name: str, transition: State | None) -> None:
-        if transition is not None:
-            _log.emit(_TRANSITION_EVENTS[transition], name, state=str(transition))
 
 
 #: Every memory store of the process: a child after fork() gives each a fresh lock,
@@ -292,15 +338,11 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _record_size(key: str, record: IdempotencyRecord) -> int:
+    return _RECORD_OVERHEAD + len(key) + len(record.fingerprint) + len(record.token) + len(record.result or "")
+
+
 def _retire(value: object) -> None:
     """A breaker state that left the store must never read closed again (see ``fast_lane``)."""
     if isinstance(value, BreakerState):
         value.state = State.FORCED_OPEN
-
-
-def _announce_rejection(rejection: Exception, client: str | None) -> None:
-    if isinstance(rejection, RateLimited):
-        _log.emit("ratelimit.blocked", rejection.name if client is None else f"{rejection.name}:{client}",
-                  retry_after=round(rejection.retry_after, 3))
-    elif isinstance(rejection, Overloaded):
-        _log.emit("backpressure.shed", rejection.name)

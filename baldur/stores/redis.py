@@ -17,16 +17,28 @@ Connections belong to the loop that made them: each long-lived loop of ours
 own client; calls from any other loop (Flask's per-request loops for async
 views, trio) are handed to the background loop.
 
-When Redis fails (an error, or no answer within ``BALDUR_REDIS_TIMEOUT_MS``)
-the store is marked down: rate limits, concurrency and breakers fall back to
-this process's memory (fail open) and nothing waits on Redis until a
-background probe finds it answering again.
+Degraded is decided by evidence, not by one slow answer. Connections and
+scripts are warmed on the background loop after ``init()`` and after
+``fork()``, outside any request's budget (``BALDUR_REDIS_TIMEOUT_MS``). An
+answer later than the budget fails open for that request only; the store is
+marked down by a refused or broken connection (after one reconnect inside the
+budget, for a pooled connection that went stale), by an error answer (out of
+memory, read-only replica, ACL: Redis refuses the work), or by
+``DOWN_AFTER_TIMEOUTS`` late answers in a row. While down, nothing waits on
+Redis: rate limits, concurrency and breakers use this process's memory, each
+rate limit at this process's share (quota ÷ the workers the server detection
+knows of), so the fleet never admits more than the limit; a background probe
+runs a real writing script until it passes, then every loop's connections
+are renewed (a new connection epoch). The WARNING lines are damped: at most
+one ``store.degraded``/``store.recovered`` pair per ``LOG_DAMPING_SECONDS``,
+the next line counting the transitions it stood for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -42,13 +54,13 @@ from typing import Any
 import anyio
 
 from baldur import _log
+from baldur._servers import server_workers
 from baldur.bridges import background, is_home_loop, run_sync
-from baldur.errors import CircuitOpen, ConfigError, Overloaded, RateLimited, Rejected, StoreUnavailable
-from baldur.policies import idempotency
-from baldur.policies.breaker import Breaker, Outcome, State
-from baldur.policies.concurrency import SHED_RETRY_AFTER
-from baldur.policies.idempotency import Verdict
-from baldur.policies.rate_limit import RateDecision, RateLimit
+from baldur.errors import ConfigError, RateLimited, StoreUnavailable
+from baldur.policies.breaker import Breaker, Outcome, State, bucket_width
+from baldur.policies.idempotency import CLAIM_LEASE_SECONDS, Verdict
+from baldur.policies.rate_limit import RateDecision, RateLimit, micros
+from baldur.stores._decisions import Admission, announce_transition, lua_constants, rejection
 from baldur.stores._types import ExtraLimit, IdempotencyStart, Plan, Ticket
 from baldur.stores.memory import MemoryStore
 
@@ -57,8 +69,11 @@ try:
     from redis.asyncio.retry import Retry as RedisRetry
     from redis.backoff import NoBackoff
     from redis.exceptions import NoScriptError, RedisError
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError("the Redis store needs the redis extra: pip install 'baldur-framework[redis]'") from exc
+except ImportError as exc:
+    # Until Baldur is published, the registry's baldur-framework is another project: name what works.
+    raise ImportError("the Redis store (BALDUR_REDIS_URL) needs redis-py, which is not installed: "
+                      "pip install -e '.[redis]' in a checkout of Baldur, or pip install 'redis[hiredis]>=5.0'"
+                      ) from exc
 
 __all__ = ["FLUSH_SECONDS", "RedisStore"]
 
@@ -66,20 +81,29 @@ __all__ = ["FLUSH_SECONDS", "RedisStore"]
 FLUSH_SECONDS = 0.05
 #: How often the background loop probes a Redis that is down.
 PROBE_SECONDS = 0.5
+#: Late answers in a row (no other evidence) that mark Redis down.
+DOWN_AFTER_TIMEOUTS = 3
+#: At most one degraded/recovered pair of log lines per process in this many seconds.
+LOG_DAMPING_SECONDS = 10.0
+#: The warm-up and the probe run outside any request: they may wait this long at least.
+PROBE_BUDGET_SECONDS = 1.0
+#: A loop's first connection, inside a request, may take this long (see ``_run``).
+COLD_BUDGET_SECONDS = 0.3
 #: A concurrency lease held longer than this (a crashed worker's) is taken back.
-LEASE_SECONDS = 60.0
+CONCURRENCY_LEASE_SECONDS = 60.0
 #: How long a forced breaker state is kept (every key has a TTL).
 FORCED_TTL_SECONDS = 30 * 86400
 
 _log_store = logging.getLogger("baldur.store")
 _OUTCOME_CODE = {Outcome.SUCCESS: "s", Outcome.FAILURE: "f", Outcome.IGNORED: "i"}
-_TRANSITION_EVENTS = {"open": "circuit.opened", "half_open": "circuit.half_open", "closed": "circuit.closed"}
 _stores: weakref.WeakSet[RedisStore] = weakref.WeakSet()
+#: In a forked child: what the parent's stores held (see ``forget_after_fork``), never finalised.
+_inherited: list[object] = []
 
 
 def _script(name: str) -> str:
     folder = resources.files("baldur.stores") / "redis_scripts"
-    return (folder / "_common.lua").read_text() + "\n" + (folder / f"{name}.lua").read_text()
+    return lua_constants() + (folder / "_common.lua").read_text() + "\n" + (folder / f"{name}.lua").read_text()
 
 
 class _Script:
@@ -91,6 +115,34 @@ class _Script:
 
 class _RedisDown(Exception):
     """Redis did not answer in time or at all: the caller falls back to memory."""
+
+
+#: What only says "this answer was late" (not yet evidence that Redis is down).
+_LATE = (TimeoutError, asyncio.TimeoutError)
+
+
+class _Deadline:
+    """Ends an operation when its budget runs out, but lets the loop first read what already
+    arrived: a process that was not running when the budget ran out (a busy machine) must not
+    throw away an answer sitting in its socket, which would fail open where Redis had decided.
+
+    ``asyncio.timeout`` cancels from the timer itself. The loop reads sockets before it runs
+    due timers, and the task waiting for the answer wakes one turn later: so this timer
+    cancels one turn later too (``call_soon``), after that wake-up. A Redis that did not
+    answer costs one more turn of the loop, no more."""
+
+    __slots__ = ("handle", "scope")
+
+    def __init__(self, scope: asyncio.Timeout, budget: float) -> None:
+        loop = asyncio.get_running_loop()
+        self.scope = scope
+        self.handle = loop.call_at(loop.time() + budget, self._expire, loop)
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.scope.reschedule(loop.time())  # due now: the scope cancels on the next turn
+
+    def cancel(self) -> None:
+        self.handle.cancel()
 
 
 class RedisStore:
@@ -111,31 +163,55 @@ class RedisStore:
         self.local = MemoryStore(max_keys=max_keys)
         self.down = False
         self.down_reason = ""
+        #: How long a concurrency lease lasts unless renewed (the background loop renews held ones).
+        self.lease_seconds = CONCURRENCY_LEASE_SECONDS
+        #: The processes this one shares each rate limit with while degraded (server detection).
+        self.workers = _known_workers()
+        #: ``start`` was called: a child after ``fork()`` warms up too.
+        self.started = False
         self._scripts = {name: _Script(name) for name in (
-            "admit", "finish", "rate", "breaker_state", "idempotency_begin", "idempotency_settle")}
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = (
+            "admit", "finish", "rate", "breaker_state", "idempotency_begin", "idempotency_settle", "health",
+            "lease_renew")}
+        # loop → (connection epoch, client): a client of an older epoch is renewed on next use.
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[int, aioredis.Redis]] = (
             weakref.WeakKeyDictionary())
+        self._epoch = 0
         self._lock = threading.Lock()
         self._pending: dict[str, list[Any]] = {}  # breaker key → [plan, successes, first deferred at]
         self._flusher = False
         self._prober = False
         self._probe_task: asyncio.Task[None] | None = None
+        self._late = 0  # late answers in a row
+        self._leases: dict[str, str] = {}  # lease id → its concurrency key, while this process holds it
+        self._renewer = False
+        self._shares: dict[int, tuple[Plan, Plan]] = {}  # id(plan) → (plan, its local share)
+        self._limit_shares: dict[RateLimit, RateLimit] = {}
+        self._exhausted: dict[tuple[str, str | None], float] = {}  # (name, client) → refused until (monotonic)
+        self._closing: set[asyncio.Task[None]] = set()
+        self._logged_down_at = -LOG_DAMPING_SECONDS  # when the last store.degraded line was written
+        self._down_logged = False  # this outage's store.degraded line is written (its pair is open)
+        self._unlogged = 0  # transitions not logged since the last line
         self._lease_ids = itertools.count()
         self._token = secrets.token_hex(4)
         _stores.add(self)
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.redacted_url!r}, prefix={self.prefix!r}, down={self.down})"
 
     # -- keys -------------------------------------------------------------
 
     def _key(self, tag: str, kind: str, suffix: str = "") -> str:
         # The hash tag is the name: every key a script touches lives in one cluster slot.
-        tag = tag.replace("{", "(").replace("}", ")")
-        return f"{self.prefix}:{{{tag}}}:{kind}{':' + suffix if suffix else ''}"
+        # Names and clients' values are escaped: distinct values stay distinct keys, and no
+        # value can open a hash tag of its own (and so choose its slot).
+        suffix = _escaped(suffix)
+        return f"{self.prefix}:{{{_escaped(tag)}}}:{kind}{':' + suffix if suffix else ''}"
 
     # -- the operations ---------------------------------------------------
 
     async def admit(self, plan: Plan, client: str | None = None, extra: ExtraLimit | None = None) -> Ticket:
         if self.down:
-            return self._local_ticket(self.local.admit(plan, client, extra))
+            return self._local_admit(plan, client, extra)
         rate = plan.rate_limit
         breaker = plan.breaker
         lease = f"{self._token}:{os.getpid()}:{next(self._lease_ids)}" if plan.max_concurrency else ""
@@ -146,46 +222,36 @@ class RedisStore:
                 self._key(extra.key, "r") if extra is not None else self._key(plan.name, "x")]
         args: list[Any] = [
             self._now(),
-            repr(rate.interval) if rate else "0", repr(rate.tolerance) if rate else "0",
-            plan.max_concurrency or 0, lease, LEASE_SECONDS,
+            rate.interval_us if rate else 0, rate.tolerance_us if rate else 0,
+            plan.max_concurrency or 0, lease, self.lease_seconds,
             *self._breaker_args(breaker), pending,
-            repr(extra.limit.interval) if extra else "0", repr(extra.limit.tolerance) if extra else "0",
+            extra.limit.interval_us if extra else 0, extra.limit.tolerance_us if extra else 0,
         ]
         try:
             reply = await self._run("admit", keys, args)
         except _RedisDown:
             self._restore_pending(plan, pending)
-            return self._local_ticket(self.local.admit(plan, client, extra))
-        verdict, remaining, retry_after, next_after, reset_after, trial, transitions = reply[:7]
+            if not self.down:
+                self._refuse_if_exhausted(plan, client)
+            return self._local_admit(plan, client, extra)
+        code, remaining, retry_after, next_after, reset_after, trial, transitions = reply[:7]
+        admission = Admission(code)
         self._announce(plan.name, transitions)
-        extra_decision = None
-        if extra is not None:
-            extra_decision = RateDecision(*_decision_fields(reply[7:12]))
-            if verdict == 4:
-                _log.emit("ratelimit.blocked", extra.key, retry_after=round(extra_decision.retry_after, 3))
-                raise RateLimited(extra.policy, extra_decision.retry_after, limit=extra.limit,
-                                  decision=extra_decision)
+        extra_decision = None if extra is None else RateDecision(*_decision_fields(reply[7:12]))
         decision = None
-        if rate is not None:
-            decision = RateDecision(verdict != 1, int(remaining), float(retry_after), float(next_after),
-                                    float(reset_after))
-        rejection: Rejected | None = None
-        if verdict == 1:
-            assert decision is not None
-            _log.emit("ratelimit.blocked", plan.name if client is None else f"{plan.name}:{client}",
-                      retry_after=round(decision.retry_after, 3))
-            rejection = RateLimited(plan.name, decision.retry_after, limit=rate, decision=decision)
-        elif verdict == 2:
-            _log.emit("backpressure.shed", plan.name)
-            rejection = Overloaded(plan.name, SHED_RETRY_AFTER)
-        elif verdict == 3:
-            rejection = CircuitOpen(plan.name, float(retry_after))
-        if rejection is not None:
-            rejection.extra_rate = extra_decision
-            raise rejection
+        if rate is not None and admission is not Admission.EXTRA_RATE_LIMITED:
+            decision = RateDecision(admission is not Admission.RATE_LIMITED, int(remaining), float(retry_after),
+                                    float(next_after), float(reset_after))
+            if not decision.allowed or decision.remaining == 0:
+                self._note_exhausted(plan, client, decision)
+        if admission is not Admission.ADMITTED:
+            raise rejection(admission, plan, client, decision=decision, extra=extra, extra_decision=extra_decision,
+                            retry_after=float(retry_after))
         ticket = Ticket(plan, bool(trial), bool(lease), decision)
-        ticket.lease = lease or None
         ticket.extra_rate = extra_decision
+        if lease:
+            ticket.lease = lease
+            self._hold_lease(lease, keys[1])
         return ticket
 
     def defer(self, ticket: Ticket, outcome: Outcome) -> bool:
@@ -212,17 +278,20 @@ class RedisStore:
     async def finish(self, ticket: Ticket, outcome: Outcome) -> None:
         if self.defer(ticket, outcome):
             return
+        if ticket.lease is not None:
+            with self._lock:
+                self._leases.pop(ticket.lease, None)
         plan = ticket.plan
         await self._send_finish(plan, ticket.lease, _OUTCOME_CODE[outcome], ticket.trial)
 
     async def rate(self, key: str, limit: RateLimit) -> RateDecision:
         if self.down:
-            return self.local.rate(key, limit)
+            return self.local.rate(key, self._share_of(limit))
         try:
             reply = await self._run(
-                "rate", [self._key(key, "r")], [self._now(), repr(limit.interval), repr(limit.tolerance)])
+                "rate", [self._key(key, "r")], [self._now(), limit.interval_us, limit.tolerance_us])
         except _RedisDown:
-            return self.local.rate(key, limit)
+            return self.local.rate(key, self._share_of(limit))
         decision = RateDecision(*_decision_fields(reply))
         if not decision.allowed:
             _log.emit("ratelimit.blocked", key, retry_after=round(decision.retry_after, 3))
@@ -238,24 +307,22 @@ class RedisStore:
         return State(state.decode() if isinstance(state, bytes) else state)
 
     async def force_breaker(self, name: str, options: Breaker, state: State) -> None:
-        self.local.force_breaker(name, options, state)
+        self.local.force_breaker(name, options, state)  # logs the change, once, for both stores
         try:
             await self._run("breaker_state", [self._key(name, "b")], [str(state), FORCED_TTL_SECONDS])
         except _RedisDown as exc:
             raise StoreUnavailable(
                 f"cannot force breaker {name!r} to {state} for every worker: Redis at {self.redacted_url} "
                 f"is unavailable ({self.down_reason}); this process uses {state} meanwhile") from exc
-        if state is State.CLOSED:
-            _log.emit("circuit.closed", name, forced=True)
 
     # Idempotency fails closed: while Redis is down there is no shared truth to
     # promise exactly-once on, so these raise StoreUnavailable (the caller decides).
 
     async def idempotency_begin(self, key: str, fingerprint: str, token: str) -> IdempotencyStart:
-        verdict, result, retry_after = await self._idempotency(
-            "idempotency_begin", key, [fingerprint, token, idempotency.LEASE_SECONDS])
+        answer, result, retry_after = await self._idempotency(
+            "idempotency_begin", key, [fingerprint, token, CLAIM_LEASE_SECONDS])
         text = result.decode() if isinstance(result, bytes) else str(result)
-        return IdempotencyStart(Verdict(verdict.decode() if isinstance(verdict, bytes) else verdict),
+        return IdempotencyStart(Verdict(answer.decode() if isinstance(answer, bytes) else answer),
                                 text or None, float(retry_after))
 
     async def idempotency_complete(self, key: str, token: str, result: str, ttl: float) -> bool:
@@ -263,7 +330,7 @@ class RedisStore:
 
     async def idempotency_renew(self, key: str, token: str) -> bool:
         return bool(await self._idempotency(
-            "idempotency_settle", key, [token, "renew", "", repr(idempotency.LEASE_SECONDS)]))
+            "idempotency_settle", key, [token, "renew", "", repr(CLAIM_LEASE_SECONDS)]))
 
     async def idempotency_abort(self, key: str, token: str) -> None:
         await self._idempotency("idempotency_settle", key, [token, "abort", "", "0"])
@@ -276,8 +343,9 @@ class RedisStore:
         try:
             return await self._run(script, [self._key(f"i:{digest}", "i")], [self._now(), *args])
         except _RedisDown as exc:
+            reason = self.down_reason if self.down else f"no answer within {self.timeout * 1000:g} ms"
             raise StoreUnavailable(f"idempotency needs Redis at {self.redacted_url}, which is unavailable "
-                                   f"({self.down_reason})") from exc
+                                   f"({reason})") from exc
 
     async def reset(self) -> None:
         """Delete every key under the prefix (for tests) and forget local state."""
@@ -291,6 +359,67 @@ class RedisStore:
 
     async def close(self) -> None:
         await self.flush()
+
+    # -- warm-up, health and leases (the background loop) ----------------------
+
+    def start(self) -> None:
+        """Warm a connection and the scripts on the background loop, outside any request's budget
+        (now, and in a child after ``fork()``)."""
+        self.started = True
+        background.portal().start_task_soon(self._warm)
+
+    def check_reachable(self) -> None:
+        """Raise ``StoreUnavailable`` unless Redis runs the health script now (for startup checks)."""
+        try:
+            background.call(self._healthy)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreUnavailable(f"Redis at {self.redacted_url} does not answer ({self._reason(exc)})") from exc
+
+    async def _warm(self) -> None:
+        try:
+            await self._healthy()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed(exc)
+
+    async def _healthy(self) -> None:
+        """Load every script and run the health script (a real write), within the probe's budget."""
+        client = self._client()
+        async with asyncio.timeout(max(self.timeout, PROBE_BUDGET_SECONDS)):
+            pipe = client.pipeline(transaction=False)
+            for script in self._scripts.values():
+                pipe.script_load(script.text)
+            await pipe.execute()
+            health = self._scripts["health"]
+            await client.evalsha(health.sha, 1, self._key("health", "h", f"{self._token}:{os.getpid()}"), "1")
+
+    def _hold_lease(self, lease: str, key: str) -> None:
+        with self._lock:
+            self._leases[lease] = key
+            start = not self._renewer
+            self._renewer = True
+        if start:
+            background.portal().start_task_soon(self._renew_leases_forever)
+
+    async def _renew_leases_forever(self) -> None:
+        try:
+            while True:
+                await anyio.sleep(self.lease_seconds / 3)
+                with self._lock:
+                    if not self._leases:
+                        self._renewer = False
+                        return
+                    by_key: dict[str, list[str]] = {}
+                    for lease, key in self._leases.items():
+                        by_key.setdefault(key, []).append(lease)
+                if self.down:
+                    continue  # the leases live on for a while; expiry stays the crash guarantee
+                for key, leases in by_key.items():
+                    with contextlib.suppress(_RedisDown):
+                        await self._run("lease_renew", [key], [self._now(), self.lease_seconds, *leases])
+        except BaseException:
+            with self._lock:
+                self._renewer = False
+            raise
 
     async def flush(self, older_than: float = 0.0) -> None:
         """Send the written-behind successes now (those waiting for ``older_than`` seconds or more)."""
@@ -312,7 +441,7 @@ class RedisStore:
     # -- helpers ----------------------------------------------------------
 
     def _now(self) -> str:
-        return "" if self.clock is None else repr(self.clock())
+        return "" if self.clock is None else str(micros(self.clock()))
 
     @staticmethod
     def _breaker_args(options: Breaker | None) -> list[Any]:
@@ -322,7 +451,7 @@ class RedisStore:
         return [
             "1",
             repr(options.failure_rate) if options.failure_rate is not None else "-1",
-            options.min_calls, repr(options.window / 10),
+            options.min_calls, repr(bucket_width(options)),
             options.consecutive_failures if options.consecutive_failures is not None else -1,
             repr(options.open_for), options.half_open_calls, ttl,
         ]
@@ -356,6 +485,51 @@ class RedisStore:
             entry = self._pending.setdefault(plan.breaker_key, [plan, 0, time.monotonic()])
             entry[1] += successes
 
+    def _note_exhausted(self, plan: Plan, client: str | None, decision: RateDecision) -> None:
+        """Redis said this bucket is empty for a while: until then it refuses every call (a TAT
+        only grows), so a late answer meanwhile is refused here too, exactly as Redis would."""
+        wait = decision.next_after if decision.allowed else decision.retry_after
+        if len(self._exhausted) >= 10_000:
+            self._exhausted.clear()
+        self._exhausted[(plan.name, client)] = time.monotonic() + wait
+
+    def _refuse_if_exhausted(self, plan: Plan, client: str | None) -> None:
+        until = self._exhausted.get((plan.name, client))
+        if until is None or plan.rate_limit is None:
+            return
+        wait = until - time.monotonic()
+        if wait > 0:
+            decision = RateDecision(False, 0, wait, wait, wait)
+            raise RateLimited(plan.name, wait, limit=plan.rate_limit, decision=decision)
+
+    def _local_admit(self, plan: Plan, client: str | None, extra: ExtraLimit | None) -> Ticket:
+        """Admission from this process's memory, at its share of every rate limit."""
+        if extra is not None:
+            extra = ExtraLimit(extra.policy, extra.key, self._share_of(extra.limit))
+        return self._local_ticket(self.local.admit(self._share_plan(plan), client, extra))
+
+    def _share_plan(self, plan: Plan) -> Plan:
+        if plan.rate_limit is None or self.workers < 2:
+            return plan
+        entry = self._shares.get(id(plan))
+        if entry is None or entry[0] is not plan:
+            entry = (plan, Plan(plan.name, plan.breaker, self._share_of(plan.rate_limit), plan.max_concurrency))
+            self._shares[id(plan)] = entry
+        return entry[1]
+
+    def _share_of(self, limit: RateLimit) -> RateLimit:
+        """``limit`` divided among the workers: what this process may admit on its own."""
+        if self.workers < 2:
+            return limit
+        share = self._limit_shares.get(limit)
+        if share is None:
+            share = RateLimit(f"{max(1, limit.quota // self.workers)}/{round(limit.period)}s",
+                              burst=max(1, limit.burst // self.workers))
+            if len(self._limit_shares) >= 1_000:
+                self._limit_shares.clear()
+            self._limit_shares[limit] = share
+        return share
+
     def _local_ticket(self, ticket: Ticket) -> Ticket:
         if ticket is ticket.plan.plain_ticket:
             ticket = Ticket(ticket.plan)
@@ -366,18 +540,25 @@ class RedisStore:
     def _announce(name: str, transitions: bytes | str) -> None:
         text = transitions.decode() if isinstance(transitions, bytes) else transitions
         for transition in text.split():
-            _log.emit(_TRANSITION_EVENTS[transition], name, state=transition, shared=True)
+            announce_transition(name, State(transition), shared=True)
 
     def _client(self) -> aioredis.Redis:
         loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            client = aioredis.Redis.from_url(
-                # No socket_timeout: redis-py would wrap each read in wait_for (a task per
-                # command); ``_bounded`` already bounds the whole operation.
-                self.url, socket_timeout=None, socket_connect_timeout=self.timeout,
-                retry=RedisRetry(NoBackoff(), 0), health_check_interval=0)
-            self._clients[loop] = client
+        entry = self._clients.get(loop)
+        if entry is not None and entry[0] == self._epoch:
+            return entry[1]
+        if entry is not None:  # made before the last recovery: its connections may be dead
+            closing = loop.create_task(entry[1].aclose())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+        client = aioredis.Redis.from_url(
+            # No socket_timeout: redis-py would wrap each read in wait_for (a task per
+            # command); ``_bounded`` already bounds the whole operation. One retry: a pooled
+            # connection found broken is replaced once, inside the budget, before anything
+            # counts as down.
+            self.url, socket_timeout=None, socket_connect_timeout=self.timeout,
+            retry=RedisRetry(NoBackoff(), 1), health_check_interval=0)
+        self._clients[loop] = (self._epoch, client)
         return client
 
     def _bounded(self) -> Any:
@@ -389,17 +570,28 @@ class RedisStore:
         if loop is None or not is_home_loop(loop):
             return await self._hop(name, keys, args, loop)
         script = self._scripts[name]
+        cold = self._clients.get(loop) is None or self._clients[loop][0] != self._epoch
         client = self._client()
         try:
-            async with self._bounded():
+            # A loop's first connection (connect, handshake, the first use of the parser on a
+            # busy machine) is warm-up, not an answer: it may take COLD_BUDGET_SECONDS, once per
+            # loop and epoch, unless answers are already late (a frozen Redis must cost no more).
+            budget = max(self.timeout, COLD_BUDGET_SECONDS) if cold and not self._late else self.timeout
+            async with asyncio.timeout(None) as scope:
+                deadline = _Deadline(scope, budget)
                 try:
-                    return await client.evalsha(script.sha, len(keys), *keys, *args)
+                    reply = await client.evalsha(script.sha, len(keys), *keys, *args)
                 except NoScriptError:
                     await client.script_load(script.text)
-                    return await client.evalsha(script.sha, len(keys), *keys, *args)
+                    reply = await client.evalsha(script.sha, len(keys), *keys, *args)
+                finally:
+                    deadline.cancel()
         except (RedisError, OSError, TimeoutError) as exc:
-            self._mark_down(exc)
+            self._failed(exc)
             raise _RedisDown(str(exc)) from exc
+        if self._late:
+            self._late = 0
+        return reply
 
     async def _hop(self, name: str, keys: Sequence[str], args: Sequence[Any],
                    loop: asyncio.AbstractEventLoop | None) -> Any:
@@ -410,17 +602,28 @@ class RedisStore:
             return await asyncio.wrap_future(future)
         return await anyio.to_thread.run_sync(portal.call, self._run, name, keys, args)
 
+    def _reason(self, exc: BaseException) -> str:
+        return f"{type(exc).__name__}: {exc}".replace(self.url, self.redacted_url)
+
+    def _failed(self, exc: BaseException) -> None:
+        """Weigh a failed operation: a late answer alone is not yet evidence that Redis is down."""
+        if isinstance(exc, _LATE) and not isinstance(exc, RedisError):
+            with self._lock:
+                self._late += 1
+                late = self._late
+            if late < DOWN_AFTER_TIMEOUTS:
+                return
+            exc = TimeoutError(f"{late} answers in a row later than {self.timeout * 1000:g} ms")
+        self._mark_down(exc)
+
     def _mark_down(self, exc: BaseException) -> None:
-        reason = f"{type(exc).__name__}: {exc}".replace(self.url, self.redacted_url)
+        reason = self._reason(exc)
         with self._lock:
             was_down, self.down, self.down_reason = self.down, True, reason
             start_probe = not self._prober
             self._prober = True
         if not was_down:
-            _log_store.warning(
-                "store.degraded: Redis at %s is unavailable (%s); rate limits, concurrency and breakers "
-                "use this process's memory until it answers again", self.redacted_url, reason,
-                extra={"baldur": {"event": "store.degraded", "url": self.redacted_url, "reason": reason}})
+            self._log_transition(down=True)
         if start_probe:
             try:
                 loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
@@ -434,21 +637,55 @@ class RedisStore:
             else:
                 background.portal().start_task_soon(self._probe_until_up)
 
+    def _log_transition(self, *, down: bool, held_back: bool = False) -> None:
+        """At most one degraded/recovered pair per LOG_DAMPING_SECONDS; a line counts the unlogged.
+        ``held_back``: not a new transition, the current outage's line that damping held back."""
+        now = time.monotonic()
+        with self._lock:
+            if down:
+                write = now - self._logged_down_at >= LOG_DAMPING_SECONDS
+                if write:
+                    self._logged_down_at, self._down_logged = now, True
+            else:
+                write, self._down_logged = self._down_logged, False
+            if not write:
+                self._unlogged += 0 if held_back else 1
+                return
+            if held_back:
+                self._unlogged -= 1  # the line stands for the transition it was held back from
+            unlogged, self._unlogged = self._unlogged, 0
+        fields = {"url": self.redacted_url, "unlogged_transitions": unlogged}
+        if down:
+            _log_store.warning(
+                "store.degraded: Redis at %s is unavailable (%s); rate limits (at this process's share: "
+                "1/%d), concurrency and breakers use this process's memory until it answers again%s",
+                self.redacted_url, self.down_reason, max(1, self.workers),
+                f" ({unlogged} transitions since the last line)" if unlogged else "",
+                extra={"baldur": {"event": "store.degraded", "reason": self.down_reason, **fields}})
+        else:
+            _log_store.warning(
+                "store.recovered: Redis at %s answers again; shared state resumes%s", self.redacted_url,
+                f" ({unlogged} transitions since the last line)" if unlogged else "",
+                extra={"baldur": {"event": "store.recovered", **fields}})
+
     async def _probe_until_up(self) -> None:
         try:
             while True:
                 await anyio.sleep(PROBE_SECONDS)
+                if not self._down_logged and self.down:
+                    self._log_transition(down=True, held_back=True)
                 try:
-                    async with self._bounded():
-                        await self._client().ping()
-                except (RedisError, OSError, TimeoutError):
+                    await self._healthy()
+                except (RedisError, OSError, TimeoutError) as exc:
+                    self.down_reason = self._reason(exc)
                     continue
                 with self._lock:
-                    # Both at once: a failure noticed right after this starts a new probe.
+                    # All at once: a failure noticed right after this starts a new probe, and
+                    # every loop renews its connections (those of the outage may be dead).
+                    self._epoch += 1
+                    self._late = 0
                     self.down = self._prober = False
-                _log_store.warning(
-                    "store.recovered: Redis at %s answers again; shared state resumes", self.redacted_url,
-                    extra={"baldur": {"event": "store.recovered", "url": self.redacted_url}})
+                self._log_transition(down=False)
                 return
         except BaseException:
             with self._lock:
@@ -472,11 +709,30 @@ class RedisStore:
             run_sync(self.flush)
 
     def forget_after_fork(self) -> None:
+        """In a child: nothing of the parent's holds here (its loops, its probe, its calls), and
+        whether Redis is down is the child's to find out, starting with a warm-up."""
+        # The parent's clients stay referenced for good: if one were collected here while a loop
+        # of ours runs, redis-py would close its connection through the parent's loop, whose
+        # epoll instance the child shares, and unregister the parent's socket from it.
+        _inherited.append((self._clients, self._closing))
         self._lock = threading.Lock()
         self._clients = weakref.WeakKeyDictionary()
         self._pending = {}
-        self._flusher = self._prober = False
+        self._leases = {}
+        self._flusher = self._prober = self._renewer = False
+        self._probe_task = None
+        self.down, self.down_reason, self._late = False, "", 0
+        self._down_logged, self._unlogged = False, 0
+        self._logged_down_at = -LOG_DAMPING_SECONDS
+        self.workers = _known_workers()
+        self._shares, self._limit_shares = {}, {}
+        self._exhausted = {}
+        self._closing = set()
         self.local.reset()
+
+
+def _escaped(text: str) -> str:
+    return text.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
 
 
 def _decision_fields(reply: Sequence[Any]) -> tuple[bool, int, float, float, float]:
@@ -485,9 +741,22 @@ def _decision_fields(reply: Sequence[Any]) -> tuple[bool, int, float, float, flo
     return bool(allowed), int(remaining), float(retry_after), float(next_after), float(reset_after)
 
 
+def _known_workers() -> int:
+    server = server_workers()
+    return 1 if server is None else max(1, server[1])
+
+
 def _after_fork_in_child() -> None:
+    from baldur import _runtime  # at fork time: _runtime imports this module when it builds a store
+
+    active = _runtime._current.async_ if _runtime._current is not None else None
     for store in list(_stores):
         store.forget_after_fork()
+        # Only the runtime's own store is warmed up: a replaced one (an earlier init()) serves nobody.
+        if store.started and store is active:
+            # An interpreter shutting down starts no thread; then the first call warms up.
+            with contextlib.suppress(RuntimeError):
+                store.start()
 
 
 def _flush_at_exit() -> None:

@@ -37,9 +37,12 @@ def healthz() -> Response:
 
 @app.post("/charges")
 def charges() -> tuple[Response, int, dict[str, str]]:
-    """Counts its run, then works for half a second: long enough for every duplicate to arrive."""
+    """Counts its run, then works while ``<prefix>:test:charges-hold`` exists (at most 25 s, within
+    gunicorn's --timeout): the test lets it finish once every duplicate has been answered."""
     run = counter.incr(f"{PREFIX}:test:charges")
-    time.sleep(0.5)
+    end = time.monotonic() + 25
+    while counter.exists(f"{PREFIX}:test:charges-hold") and time.monotonic() < end:
+        time.sleep(0.01)
     return jsonify({"charge": run, "by": os.getpid(), "order": request.get_json()}), 201, {"X-Charge-Id": f"ch_{run}"}
 
 

@@ -49,6 +49,12 @@ def demo() -> Response:
     return jsonify({"status": "ok", "service": "demo"})
 
 
+@app.post("/orders")
+def orders() -> tuple[Response, int]:
+    """Touches no Redis of its own: with an ``Idempotency-Key`` only Baldur's claim needs Redis."""
+    return jsonify({"order": request.get_json(silent=True)}), 201
+
+
 @app.get("/limited")
 @baldur.protected("limited", rate_limit="100/hour")
 def limited() -> Response:
@@ -73,12 +79,12 @@ def flaky() -> Response:
                                                   half_open_calls=3))
 def trial() -> Response:
     """Fails with ``?fail=1``; else counts itself and holds its worker until the test
-    sets ``<prefix>:test:release`` (at least 0.3 s, at most 5 s)."""
+    sets ``<prefix>:test:release`` (at least 0.3 s; at most 25 s, within gunicorn's --timeout)."""
     if request.args.get("fail"):
         raise RuntimeError("failing on purpose")
     count("trial")
     started = time.monotonic()
-    while time.monotonic() - started < 5.0:
+    while time.monotonic() - started < 25.0:
         if time.monotonic() - started >= 0.3 and counter.exists(f"{PREFIX}:test:release"):
             break
         time.sleep(0.01)

@@ -27,7 +27,7 @@ from werkzeug.test import TestResponse
 import baldur
 from baldur import _runtime
 from baldur.adapters.flask import init_flask
-from baldur.policies.idempotency import LEASE_SECONDS
+from baldur.policies.idempotency import CLAIM_LEASE_SECONDS
 
 PROBLEM = "application/problem+json"
 FRESH = Callable[[], _runtime.Runtime]
@@ -84,7 +84,9 @@ class Charges:
         return response
 
     def client(self, remote_addr: str = "127.0.0.1") -> Any:
-        client = self.app.test_client()
+        # No cookie jar: the view's session cookie would change the retry's identity (an API
+        # client's retry after a lost response never received that cookie anyway).
+        client = self.app.test_client(use_cookies=False)
         client.environ_base["REMOTE_ADDR"] = remote_addr
         return client
 
@@ -431,7 +433,7 @@ def test_apps_mounted_at_different_prefixes_never_share_a_key() -> None:
     v1, v2 = Charges(), Charges()
     mounted = Flask("front")
     mounted.wsgi_app = DispatcherMiddleware(mounted.wsgi_app, {"/v1": v1.app, "/v2": v2.app})  # type: ignore[method-assign]
-    client = mounted.test_client()
+    client = mounted.test_client(use_cookies=False)
     first = client.post("/v1/charges", data=b"x", headers=key("k"))
     second = client.post("/v2/charges", data=b"x", headers=key("k"))
     assert (first.status_code, second.status_code, replayed(second)) == (201, 201, False)
@@ -605,5 +607,5 @@ def test_the_idempotency_page_shows_the_example_app_verbatim_and_the_settings_de
                         ("IDEMPOTENCY_FAIL_OPEN", str(int(defaults.idempotency_fail_open)))):
         assert f"| `BALDUR_{name}` | `{value}` |" in configuration
         assert f"`BALDUR_{name}`" in page
-    assert f"lease of {LEASE_SECONDS:g} seconds" in page
+    assert f"lease of {CLAIM_LEASE_SECONDS:g} seconds" in page
     assert "(docs/idempotency.md)" in (ROOT / "README.md").read_text()

@@ -112,6 +112,20 @@ def statuses(answers: list[Answer]) -> Counter[int]:
     return Counter(a.status for a in answers)
 
 
+def until_every_worker_answered(server: Server, path: str, answers: list[Answer],
+                                headers: dict[str, str] | None = None) -> list[Answer]:
+    """More requests to ``path``, a few at a time, until every worker has answered one of ``answers``
+    or of these (the kernel, not the test, picks which worker accepts a connection); fails, naming
+    the workers seen, if that takes longer than the deadline. Returns the requests added."""
+    more: list[Answer] = []
+    end = time.monotonic() + DEADLINE
+    while len({a.pid for a in answers + more}) < WORKERS:
+        assert time.monotonic() < end, (f"not every worker answered within {DEADLINE} s: "
+                                        f"{Counter(a.pid for a in answers + more)}")
+        more += server.get_many(path, 8, parallel=8, headers=headers)
+    return more
+
+
 def poll(check: Callable[[], bool], what: str, deadline: float = DEADLINE, every: float = 0.05) -> None:
     end = time.monotonic() + deadline
     while time.monotonic() < end:
@@ -188,9 +202,10 @@ def test_a_limit_of_100_admits_exactly_100_of_300_across_workers(
     server = start_gunicorn(*(["--preload"] if preload else []), TEST_APP_RATE_LIMIT=app_limit)
     answers = server.get_many(path, 300)
     assert statuses(answers) == {200: 100, 429: 200}, server.output()
-    # Not one worker's private count: the admitted and the refused came from several workers.
-    # Several workers answered, and 100 in all were admitted: each would admit 100 on its own.
-    assert len({a.pid for a in answers}) >= 2
+    # Not one worker's private count: every worker refuses once the fleet has admitted 100 (each
+    # would admit 100 on its own).
+    more = until_every_worker_answered(server, path, answers)
+    assert {a.status for a in more} <= {429}, server.output()
     refused = next(a for a in answers if a.status == 429)
     assert int(refused.headers["retry-after"]) > 0
     assert "store.degraded" not in server.output()
@@ -213,12 +228,8 @@ def test_a_breaker_tripped_through_some_workers_rejects_on_all_and_the_view_runs
     assert 5 <= ran <= 2 * 5, f"the failing view ran {ran} times before the breaker opened"
 
     after = server.get_many("/flaky", 50, parallel=8)
-    # ... and more until every worker has answered (the kernel picks which worker accepts).
-    end = time.monotonic() + DEADLINE
-    while len({a.pid for a in after}) < WORKERS and time.monotonic() < end:
-        after += server.get_many("/flaky", 16, parallel=8)
+    after += until_every_worker_answered(server, "/flaky", after)
     assert statuses(after) == {503: len(after)}
-    assert len({a.pid for a in after}) == WORKERS, "not every worker answered"
     assert server.counted("flaky") == ran, "a request reached the failing view after the breaker opened"
     assert 0 < int(after[0].headers["retry-after"]) <= 30
     poll(lambda: "circuit.opened" in server.output(), "no circuit.opened line in the log")
@@ -243,18 +254,19 @@ def test_half_open_lets_exactly_three_trials_through_across_workers(
         seconds, micros = store.time()
         return seconds + micros / 1e6 >= opened_at + 1.0 + 0.01
 
-    poll(open_for_elapsed, "open_for did not elapse on the Redis clock", deadline=5)
+    poll(open_for_elapsed, "open_for did not elapse on the Redis clock")
 
     release = f"{server.prefix}:test:release"
     with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
-        futures = [pool.submit(server.get, "/trial") for _ in range(20)]
+        futures = [pool.submit(server.get, "/trial", None, DEADLINE + REQUEST_TIMEOUT) for _ in range(20)]
         # The trials hold their workers until released, so the circuit cannot close while the
-        # other 17 requests are decided; release them once those are answered (or after 5 s).
-        end = time.monotonic() + 5
+        # other 17 requests are decided; release them once those are answered (or, so that a
+        # wrong count still ends and is reported, after the deadline).
+        end = time.monotonic() + DEADLINE
         while time.monotonic() < end and sum(f.done() for f in futures) < 17:
             time.sleep(0.02)
         store.set(release, "1", ex=60)
-        answers = [f.result(timeout=REQUEST_TIMEOUT + 5) for f in futures]
+        answers = [f.result(timeout=DEADLINE + REQUEST_TIMEOUT + 5) for f in futures]
     assert statuses(answers) == {200: 3, 503: 17}, server.output()
     assert server.counted("trial") == 3
     # Three successful trials close the circuit for every worker.
@@ -315,7 +327,8 @@ def test_requests_answer_fast_while_redis_is_frozen_or_dead_and_sharing_resumes(
         _all_answer_fast(server, 24)
     finally:
         redis_server.start()
-    assert "ConnectionError" in server.output()
+    # No second store.degraded line: within LOG_DAMPING_SECONDS of the first pair, the outage is
+    # counted in the next line instead (tests/adapters/test_redis_faults_workers.py).
     poll(lambda: _shared_everywhere(server, store), "the shared limit did not return after a restart",
          every=0.1)
 
@@ -326,10 +339,12 @@ def test_an_async_view_and_the_coroutine_it_protects_share_limits_across_workers
         start_gunicorn: Callable[..., Server]) -> None:
     server = start_gunicorn()
     answers = server.get_many("/async", 30, parallel=8)
-    # The view's inner coroutine is limited to 10/hour as a whole (a plain function's limit).
+    # The view's inner coroutine is limited to 10/hour as a whole (a plain function's limit) ...
     assert statuses(answers) == {200: 10, 429: 20}, server.output()
+    # ... for the whole fleet: every worker refuses once 10 have run (each would run 10 on its own).
+    more = until_every_worker_answered(server, "/async", answers)
+    assert {a.status for a in more} <= {429}, server.output()
     assert server.counted("async") == 10
-    assert len({a.pid for a in answers}) >= 2
     assert "Traceback" not in server.output()
 
 
@@ -363,8 +378,39 @@ def _settled(store: redis.Redis) -> Counter[str]:
     return last
 
 
+@contextlib.contextmanager
+def commands_sent(url: str, ours: redis.Redis) -> Iterator[Counter[str]]:
+    """The commands clients send while the block runs, by name, seen through Redis MONITOR (unlike
+    ``INFO commandstats`` it tells an admission from a flush): an EVALSHA by its script's name,
+    ``"evalsha admit"``. Not counted: what the scripts call inside Redis, and ``ours``' own INFO
+    and ECHO (the test's client; the ECHO marks the end)."""
+    from baldur.stores.redis import _Script
+
+    names = {_Script(name).sha: name for name in ("admit", "finish")}
+    sent: Counter[str] = Counter()
+    end_marker = f"end-of-block-{uuid.uuid4().hex}"
+    with redis.Redis.from_url(url, socket_timeout=DEADLINE) as watcher, \
+            watcher.monitor() as monitor:  # watching from here on (MONITOR's OK has been read)
+
+        def watch() -> None:
+            while end_marker not in (command := monitor.next_command())["command"]:
+                words = command["command"].split(maxsplit=2)
+                name = words[0].lower()
+                if command["client_type"] == "lua" or name in ("info", "echo"):
+                    continue
+                sent[f"evalsha {names.get(words[1], words[1])}" if name == "evalsha" else name] += 1
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            watching = pool.submit(watch)
+            try:
+                yield sent
+            finally:
+                ours.echo(end_marker)
+                watching.result(timeout=DEADLINE)
+
+
 def test_redis_commands_per_request_of_the_quickstart_with_a_rate_limit(
-        start_gunicorn: Callable[..., Server], store: redis.Redis) -> None:
+        start_gunicorn: Callable[..., Server], store: redis.Redis, redis_server: RedisServer) -> None:
     server = start_gunicorn(app="app:app", cwd=QUICKSTART, BALDUR_RATE_LIMIT="1000000/hour")
     # Warm up until a burst opens no new connection: every worker has its connections and scripts.
     end = time.monotonic() + DEADLINE
@@ -377,20 +423,20 @@ def test_redis_commands_per_request_of_the_quickstart_with_a_rate_limit(
         if not opened or time.monotonic() > end:
             break
     requests = 400
-    answers = server.get_many("/demo", requests, parallel=8)
-    assert statuses(answers) == {200: requests}
-    during = _sent(store) - before  # the burst itself (its responses are all in)
-    total = _settled(store) - before  # and the successes written behind after it
-    per_request = sum(total.values()) / requests
+    with commands_sent(redis_server.url, store) as sent:
+        answers = server.get_many("/demo", requests, parallel=8)
+        assert statuses(answers) == {200: requests}
+        _settled(store)  # and the successes written behind after the burst
     print(f"\nRedis commands per request, quickstart + BALDUR_RATE_LIMIT, {WORKERS} workers, {requests} "
-          f"requests: {per_request:.4f} in all (evalsha {total['evalsha'] / requests:.4f}); "
-          f"during the burst {sum(during.values()) / requests:.4f}; sent: {dict(total)}")
+          f"requests: {sum(sent.values()) / requests:.4f} in all, of which admissions "
+          f"{sent['evalsha admit'] / requests:.4f}; sent: {dict(sent)}")
     # The contract: one round trip on the critical path (the client's limit and the view's
     # admission are one script) and at most two in all. A success is written behind and carried
     # by the worker's next admit; only a worker that idles flushes it alone (within
-    # FLUSH_SECONDS), at least once after the burst.
-    assert sum(during.values()) <= requests + requests // 50, dict(during)
-    assert sum(total.values()) <= 2 * requests, dict(total)
+    # FLUSH_SECONDS), at least once after the burst. How often a worker idles during the burst
+    # depends on the machine's load, so the flushes are bounded, the admissions counted exactly.
+    assert sent["evalsha admit"] == requests, dict(sent)
+    assert sum(sent.values()) <= 2 * requests, dict(sent)
 
 
 # -- regressions the worker tests found, pinned down in one process ---------------------
@@ -405,13 +451,16 @@ def _store_level(url: str) -> tuple[Any, Plan]:
 
 def test_redis_found_down_by_the_background_flush_is_probed_until_it_returns(redis_server: RedisServer) -> None:
     store, plan = _store_level(redis_server.url)
-    store.finish(store.admit(plan), Outcome.SUCCESS)  # written behind: the background loop sends it
+    ticket = store.admit(plan)
     redis_server.freeze()
     try:
-        poll(lambda: store.store.down, "the background flush did not notice the frozen Redis", deadline=5, every=0.01)
+        # Written behind once Redis is frozen (else the flush could reach it first): only the
+        # background loop sends this success, so only the flush can find Redis down.
+        store.finish(ticket, Outcome.SUCCESS)
+        poll(lambda: store.store.down, "the background flush did not notice the frozen Redis", every=0.01)
     finally:
         redis_server.thaw()
-    poll(lambda: not store.store.down, "the store never left memory after Redis came back", deadline=5)
+    poll(lambda: not store.store.down, "the store never left memory after Redis came back")
 
 
 def test_a_call_hopping_to_the_background_loop_falls_back_when_redis_is_down(redis_server: RedisServer) -> None:
@@ -424,4 +473,4 @@ def test_a_call_hopping_to_the_background_loop_falls_back_when_redis_is_down(red
     finally:
         redis_server.thaw()
     assert ticket.local
-    poll(lambda: not store.store.down, "the store never left memory after Redis came back", deadline=5)
+    poll(lambda: not store.store.down, "the store never left memory after Redis came back")

@@ -15,6 +15,7 @@ from baldur.adapters._http import (
     PROBLEM_JSON,
     bad_request,
     client_address,
+    normalise_address,
     problem,
     queue_seconds,
     ratelimit_headers,
@@ -95,9 +96,13 @@ def test_queue_seconds_never_raises_and_never_goes_negative(header: str) -> None
         ("10.0.0.1", "not-an-ip", 1, "10.0.0.1"),
         ("10.0.0.1", "203.0.113.5, not-an-ip", 1, "10.0.0.1"),
         ("10.0.0.1", "203.0.113.5,", 1, "10.0.0.1"),
-        ("10.0.0.1", "203.0.113.5:8080", 1, "10.0.0.1"),
-        ("10.0.0.1", "2001:DB8:0:0::1", 1, "2001:db8::1"),  # normalised: one client, one key
-        ("10.0.0.1", "[2001:db8::1]", 1, "2001:db8::1"),
+        ("10.0.0.1", "203.0.113.5:8080", 1, "203.0.113.5"),  # a port is understood
+        ("10.0.0.1", "[2001:db8::1]:4711", 1, "2001:db8::/64"),
+        ("10.0.0.1", "2001:DB8:0:0::1", 1, "2001:db8::/64"),  # an IPv6 client is its /64
+        ("10.0.0.1", "[2001:db8::1]", 1, "2001:db8::/64"),
+        ("10.0.0.1", "::ffff:203.0.113.5", 1, "203.0.113.5"),  # IPv4-mapped: the IPv4 client
+        ("::ffff:192.0.2.1", None, 0, "192.0.2.1"),
+        ("2001:db8:1:2:3:4:5:6", None, 0, "2001:db8:1:2::/64"),
         ("10.0.0.1", " 203.0.113.5 ", 1, "203.0.113.5"),
         ("10.0.0.1", "203.0.113.5, " + "1" * 5000, 1, "10.0.0.1"),  # oversized header
         ("10.0.0.1", "203.0.113.5", -1, "10.0.0.1"),
@@ -110,11 +115,43 @@ def test_client_address(remote: str | None, forwarded: str | None, hops: int, ex
 @given(remote=st.ip_addresses().map(str), forwarded=st.text(max_size=200), hops=st.integers(0, 5))
 def test_client_address_is_the_peer_or_an_address_from_the_header(remote: str, forwarded: str, hops: int) -> None:
     key = client_address(remote, forwarded, hops)
-    if key != remote:
+    if key != normalise_address(remote):
         assert hops > 0
-        ipaddress.ip_address(key)
-        parts = [p.strip().strip("[]") for p in forwarded.split(",")]
-        assert key in {str(ipaddress.ip_address(p)) for p in parts if _is_ip(p)}
+        parts = [_strip_port(p) for p in forwarded.split(",")]
+        assert key in {normalise_address(p) for p in parts if _is_ip(p)}
+
+
+@pytest.mark.parametrize(
+    ("forwarded", "hops", "expected"),
+    [
+        ("for=203.0.113.5", 1, "203.0.113.5"),
+        ('for="203.0.113.5:4711";proto=https', 1, "203.0.113.5"),
+        ('for=198.51.100.1, for="[2001:db8::7]:80";by=10.0.0.1', 1, "2001:db8::/64"),
+        ("for=198.51.100.1, For=203.0.113.5", 2, "198.51.100.1"),
+        ("for=unknown", 1, "10.0.0.1"),  # an obfuscated node is not an address
+        ("proto=https", 1, "10.0.0.1"),
+        ("for=203.0.113.5", 0, "10.0.0.1"),  # never trusted by default
+    ],
+)
+def test_rfc_7239_forwarded(forwarded: str, hops: int, expected: str) -> None:
+    assert client_address("10.0.0.1", None, hops, forwarded) == expected
+
+
+def test_x_forwarded_for_wins_over_forwarded() -> None:
+    assert client_address("10.0.0.1", "203.0.113.5", 1, "for=198.51.100.1") == "203.0.113.5"
+
+
+@pytest.mark.parametrize(("prefix", "expected"), [(48, "2001:db8:1::/48"), (64, "2001:db8:1:2::/64"),
+                                                  (128, "2001:db8:1:2:3:4:5:6")])
+def test_ipv6_prefix(prefix: int, expected: str) -> None:
+    assert normalise_address("2001:db8:1:2:3:4:5:6", prefix) == expected
+
+
+def _strip_port(entry: str) -> str:
+    entry = entry.strip().strip('"')
+    if entry.startswith("["):
+        return entry[1:entry.find("]")] if "]" in entry else entry
+    return entry.split(":", 1)[0] if entry.count(":") == 1 else entry
 
 
 def _is_ip(text: str) -> bool:
@@ -208,7 +245,7 @@ def test_ratelimit_headers_are_always_valid_structured_fields(names: list[str], 
         (Rejected("other", 3.0), 503, "Service Unavailable", None),
         (CallTimeout("slow", 0.05), 504, "Gateway Timeout", None),
         (IdempotencyMismatch("the payload differs"), 422, "Unprocessable Content", None),
-        (StoreUnavailable("redis is down"), 503, "Service Unavailable", None),
+        (StoreUnavailable("redis is down"), 503, "Service Unavailable", None),  # Retry-After: every 503 has one
         (ConfigError("BALDUR_X", "y", "BALDUR_X=1"), 500, "Internal Server Error", None),
     ],
 )
@@ -228,6 +265,8 @@ def test_problem_answers(exc: BaldurError, status: int, title: str, kind: str | 
     if isinstance(exc, Rejected):
         assert int(headers["Retry-After"]) >= 1
         assert body["retry-after"] == int(headers["Retry-After"])
+    elif status == 503:
+        assert int(headers["Retry-After"]) >= 1
     else:
         assert "Retry-After" not in headers
 

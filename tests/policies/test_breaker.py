@@ -25,10 +25,13 @@ from baldur.policies.breaker import (
     Outcome,
     Preflight,
     State,
+    absorb,
     force,
+    open_lane,
     preflight,
     record,
 )
+from tests.breaker_cases import CASE_IDS, CASES, RuleCase
 
 OK = Outcome.SUCCESS
 FAIL = Outcome.FAILURE
@@ -45,8 +48,10 @@ class Model:
     """The breaker as the docs describe it, written for clarity rather than speed.
 
     The sliding window is a plain list of (time, failed) events: an event counts
-    while its bucket ``int(t // width)`` is one of the last ten, i.e. greater
-    than ``int(now // width) - 10``.
+    while its bucket ``int(t / width)`` is one of the last ten, i.e. greater
+    than ``int(now / width) - 10``. (The bucket is the code's arithmetic on
+    purpose: ``1.0 // 0.1`` is 9.0 but ``int(1.0 / 0.1)`` is 10.) Both opening
+    rules are checked after every outcome, the failure rate after successes too.
     """
 
     o: Breaker
@@ -60,8 +65,8 @@ class Model:
 
     def counted(self, now: float) -> tuple[int, int]:
         width = self.o.window / 10
-        current = int(now // width)
-        inside = [failed for t, failed in self.events if int(t // width) > current - 10]
+        current = int(now / width)
+        inside = [failed for t, failed in self.events if int(t / width) > current - 10]
         return len(inside), sum(inside)
 
     def _open(self, now: float) -> None:
@@ -103,8 +108,6 @@ class Model:
             failed = outcome is FAIL
             self.events.append((now, failed))
             self.consecutive = self.consecutive + 1 if failed else 0
-            if not failed:
-                return
             calls, failures = self.counted(now)
             by_count = o.consecutive_failures is not None and self.consecutive >= o.consecutive_failures
             by_rate = (o.failure_rate is not None and calls >= o.min_calls
@@ -125,6 +128,14 @@ class Model:
     def force(self, target: State) -> None:
         self._forget()
         self.state = target
+
+
+def succeed_like_the_memory_store(s: BreakerState, now: float) -> State | None:
+    """``MemoryStore.succeed`` without the store: a count on the open lane, else ``open_lane``."""
+    if now < s.lane_end and s.state is State.CLOSED:
+        next(s.lane_count)
+        return None
+    return open_lane(s, now)
 
 
 # -- the state machine test -----------------------------------------------------
@@ -184,19 +195,19 @@ class BreakerMachine(RuleBasedStateMachine):
     @rule()
     def call(self) -> None:
         before = self.s.state
-        verdict = preflight(self.s, self.now, self.o)
+        flight = preflight(self.s, self.now, self.o)
         admitted, trial, retry_after = self.m.preflight(self.now)
-        assert isinstance(verdict, Preflight)
-        assert (verdict.admitted, verdict.trial) == (admitted, trial)
+        assert isinstance(flight, Preflight)
+        assert (flight.admitted, flight.trial) == (admitted, trial)
         if retry_after is None:
-            assert 0 < verdict.retry_after <= self.o.open_for
+            assert 0 < flight.retry_after <= self.o.open_for
         else:
-            assert verdict.retry_after == pytest.approx(retry_after, abs=1e-9)
-        if not verdict.admitted:
-            assert verdict.retry_after > 0
-        self._check_edge(before, verdict.transition)
-        if verdict.admitted:
-            self.pending.append(verdict.trial)
+            assert flight.retry_after == pytest.approx(retry_after, abs=1e-9)
+        if not flight.admitted:
+            assert flight.retry_after > 0
+        self._check_edge(before, flight.transition)
+        if flight.admitted:
+            self.pending.append(flight.trial)
 
     @precondition(lambda self: self.pending)
     @rule(which=st.integers(0, 1000), outcome=st.sampled_from(list(Outcome)))
@@ -205,6 +216,16 @@ class BreakerMachine(RuleBasedStateMachine):
         before = self.s.state
         reported = record(self.s, self.now, self.o, outcome, trial)
         self.m.record(self.now, outcome, trial)
+        self._check_edge(before, reported)
+
+    @precondition(lambda self: False in self.pending)
+    @rule()
+    def succeed_on_the_lane(self) -> None:
+        """A plain success the way ``MemoryStore.succeed`` counts it: lock-free while the lane is open."""
+        self.pending.remove(False)
+        before = self.s.state
+        reported = succeed_like_the_memory_store(self.s, self.now)
+        self.m.record(self.now, OK, False)
         self._check_edge(before, reported)
 
     @precondition(lambda self: self.pending)
@@ -221,6 +242,7 @@ class BreakerMachine(RuleBasedStateMachine):
 
     @invariant()
     def agrees_with_the_model(self) -> None:
+        absorb(self.s)  # as a store does before it reads the window
         assert self.s.state is self.m.state
         assert self.s.consecutive_failures == self.m.consecutive
         if self.s.state is State.CLOSED:
@@ -239,6 +261,19 @@ BreakerMachine.TestCase.settings = settings(
 TestBreakerMachine = BreakerMachine.TestCase
 
 
+def test_machine_pinned_a_failure_one_window_ago_has_left_it() -> None:
+    """Found by the machine: 1.0 // 0.1 is 9.0, so a model bucketing with ``//`` kept this failure."""
+    machine = BreakerMachine()
+    machine.setup(options=Breaker(failure_rate=0.5, min_calls=1, window=1.0, consecutive_failures=None),
+                  start=0.0)
+    machine.call()
+    machine.finish(which=0, outcome=OK)
+    machine.advance(kind="window", x=0.0)  # now 1.0: bucket 10, the success's bucket 0 has left
+    machine.agrees_with_the_model()
+    assert machine.s.window.totals(machine.now) == (0, 0)
+    machine.teardown()
+
+
 # -- plain scenarios --------------------------------------------------------------
 
 
@@ -252,9 +287,9 @@ def state_of(s: BreakerState) -> State:
 
 
 def run(s: BreakerState, o: Breaker, now: float, outcome: Outcome) -> State | None:
-    verdict = preflight(s, now, o)
-    assert verdict.admitted
-    return record(s, now, o, outcome, verdict.trial)
+    flight = preflight(s, now, o)
+    assert flight.admitted
+    return record(s, now, o, outcome, flight.trial)
 
 
 def test_defaults_are_the_documented_ones() -> None:
@@ -292,8 +327,76 @@ def test_opens_on_failure_rate_only_once_min_calls_were_seen() -> None:
     o, s = fresh(failure_rate=0.5, min_calls=4, consecutive_failures=None, window=10.0)
     for outcome in (FAIL, OK, FAIL):
         assert run(s, o, 5.0, outcome) is None  # 2 of 3 failed, but only 3 calls
-    assert run(s, o, 5.0, OK) is None  # 2 of 4: the rule is checked on failures
-    assert run(s, o, 5.0, FAIL) is State.OPEN  # 3 of 5
+    assert run(s, o, 5.0, OK) is State.OPEN  # 2 of 4: the rule is checked after a success too
+
+
+def test_machine_pinned_no_fast_lane_before_time_zero() -> None:
+    """Found by the machine: below 0, int() rounds up and a lane's end is not its bucket's end."""
+    machine = BreakerMachine()
+    machine.setup(options=Breaker(failure_rate=None, consecutive_failures=1, window=0.3), start=-40.0)
+    machine.call()
+    machine.succeed_on_the_lane()
+    machine.advance(kind="width", x=0.0)  # -39.97: the next bucket of int(now / width)
+    machine.call()
+    machine.succeed_on_the_lane()
+    machine.now += 0.27  # the first success's bucket leaves the window, the second's stays
+    machine.agrees_with_the_model()
+    assert machine.s.window.totals(machine.now) == (1, 0)
+    machine.teardown()
+
+
+@pytest.mark.parametrize("lane", [False, True], ids=["record", "fast-lane"])
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_the_failure_rate_is_checked_after_every_outcome(case: RuleCase, lane: bool) -> None:
+    o = case.options
+    s = BreakerState.new(o)
+    start = 1000.0
+    transition = None
+    for at, failed in case.outcomes:
+        assert s.state is State.CLOSED, f"opened before the outcome at {at}"
+        now = start + at
+        assert preflight(s, now, o).admitted
+        if lane and not failed:
+            transition = succeed_like_the_memory_store(s, now)
+        else:
+            transition = record(s, now, o, FAIL if failed else OK, False)
+    assert transition is State.OPEN and s.state is State.OPEN
+    assert not preflight(s, now, o).admitted
+
+
+def test_a_failure_closes_the_fast_lane_when_the_next_success_could_open_the_breaker() -> None:
+    o, s = fresh(failure_rate=0.5, min_calls=10, consecutive_failures=None, window=30.0)
+    assert succeed_like_the_memory_store(s, 1.0) is None  # opens the lane: no failure yet
+    lane_end = s.lane_end
+    assert lane_end > 1.0
+    for _ in range(3):
+        assert succeed_like_the_memory_store(s, 1.0) is None  # on the lane
+    for _ in range(4):
+        assert run(s, o, 1.0, FAIL) is None
+    assert s.lane_end == lane_end  # 4 failures of 8: the tenth call could reach at most 4 of 10
+    assert run(s, o, 1.0, FAIL) is None
+    assert s.lane_end < 1.0  # 5 failures of 9: a success as the tenth call would make 5 of 10
+    assert succeed_like_the_memory_store(s, 1.0) is State.OPEN
+
+
+def test_a_late_count_of_a_closed_lane_stays_in_the_lane_s_bucket() -> None:
+    o, s = fresh(failure_rate=0.5, min_calls=4, consecutive_failures=None, window=30.0)
+    assert succeed_like_the_memory_store(s, 1.0) is None  # the lane of bucket 0 (3 s wide)
+    assert run(s, o, 1.0, FAIL) is None
+    assert run(s, o, 1.0, FAIL) is None  # 2 of 3: the lane closes
+    next(s.lane_count)  # a thread that saw the lane open counts after it closed
+    assert succeed_like_the_memory_store(s, 31.0) is None  # bucket 10: bucket 0 has left the window
+    absorb(s)
+    assert s.window.totals(31.0) == (1, 0)
+
+
+def test_the_fast_lane_stays_shut_while_a_success_could_open_the_breaker() -> None:
+    o, s = fresh(failure_rate=0.5, min_calls=4, consecutive_failures=None, window=30.0)
+    for _ in range(2):
+        assert run(s, o, 1.0, FAIL) is None
+    assert succeed_like_the_memory_store(s, 1.0) is None  # 2 of 3: a fourth call, a success, makes 2 of 4
+    assert s.lane_end < 1.0
+    assert succeed_like_the_memory_store(s, 1.0) is State.OPEN
 
 
 def test_failure_rate_is_a_share_without_float_surprises() -> None:
@@ -330,12 +433,12 @@ def test_counts_from_before_an_opening_do_not_survive_it_even_near_time_zero() -
 def test_open_rejects_with_the_time_left_then_half_opens_at_the_first_call() -> None:
     o, s = fresh(consecutive_failures=1, open_for=30.0, half_open_calls=2)
     assert run(s, o, 100.0, FAIL) is State.OPEN
-    verdict = preflight(s, 110.0, o)
-    assert not verdict.admitted and verdict.retry_after == pytest.approx(20.0)
+    flight = preflight(s, 110.0, o)
+    assert not flight.admitted and flight.retry_after == pytest.approx(20.0)
     assert preflight(s, 129.999, o).retry_after == pytest.approx(0.001)
     assert s.state is State.OPEN  # time alone moves nothing
-    verdict = preflight(s, 130.0, o)
-    assert verdict == Preflight(True, trial=True, transition=State.HALF_OPEN)
+    flight = preflight(s, 130.0, o)
+    assert flight == Preflight(True, trial=True, transition=State.HALF_OPEN)
     assert preflight(s, 130.0, o) == Preflight(True, trial=True)
     third = preflight(s, 130.0, o)  # both permits are out
     assert not third.admitted and 0 < third.retry_after <= o.open_for
@@ -386,9 +489,9 @@ def test_outcomes_of_calls_started_before_a_transition_change_nothing() -> None:
 def test_forced_states_and_reset() -> None:
     o, s = fresh(consecutive_failures=1)
     force(s, State.FORCED_OPEN)
-    verdict = preflight(s, 0.0, o)
-    assert not verdict.admitted and verdict.retry_after == o.open_for
-    assert preflight(s, 1e9, o) == verdict  # time does not end a forced state
+    flight = preflight(s, 0.0, o)
+    assert not flight.admitted and flight.retry_after == o.open_for
+    assert preflight(s, 1e9, o) == flight  # time does not end a forced state
     force(s, State.FORCED_CLOSED)
     for _ in range(10):
         assert run(s, o, 0.0, FAIL) is None  # disabled: records nothing

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 from baldur.policies.idempotency import (
-    LEASE_SECONDS,
+    CLAIM_LEASE_SECONDS,
     IdempotencyRecord,
     Verdict,
     abort,
@@ -66,7 +66,7 @@ class Model:
     def begin(self, key: str, fingerprint: str, token: str) -> tuple[Verdict, str | None, float]:
         entry = self.live(key)
         if entry is None:
-            self.entries[key] = Entry(fingerprint, token, self.now, LEASE_SECONDS)
+            self.entries[key] = Entry(fingerprint, token, self.now, CLAIM_LEASE_SECONDS)
             return RUN, None, 0.0
         if entry.fingerprint != fingerprint:
             return MISMATCH, None, 0.0
@@ -112,7 +112,7 @@ class Records:
 
     def begin(self, key: str, now: float, fingerprint: str, token: str) -> tuple[Verdict, str | None, float]:
         record = self.records.get(key)
-        verdict, claim, retry_after = begin(record, now, fingerprint, token, LEASE_SECONDS)
+        verdict, claim, retry_after = begin(record, now, fingerprint, token, CLAIM_LEASE_SECONDS)
         if claim is not None:
             self.records[key] = claim
         result = record.result if verdict is REPLAY and record is not None else None
@@ -130,7 +130,8 @@ KEYS = ("k1", "k2")
 FINGERPRINTS = ("fp-a", "fp-b")
 #: Steps around the interesting boundaries: a third of a lease (the renewal period), a lease, a ttl.
 STEPS = st.one_of(
-    st.sampled_from([0.0, 0.5, 1.0, LEASE_SECONDS / 3, LEASE_SECONDS - 0.5, LEASE_SECONDS, 45.0, 100.0]),
+    st.sampled_from([0.0, 0.5, 1.0, CLAIM_LEASE_SECONDS / 3, CLAIM_LEASE_SECONDS - 0.5, CLAIM_LEASE_SECONDS,
+                     45.0, 100.0]),
     st.floats(min_value=0.0, max_value=200.0, allow_nan=False, allow_infinity=False),
 )
 
@@ -154,7 +155,7 @@ class IdempotencyMachine(RuleBasedStateMachine):
         got = self.sut.begin(key, self.now, fingerprint, token)
         assert got == expected
         if got[0] is CONFLICT:  # (float noise: now + lease - now may exceed lease by an ulp)
-            assert 0 < got[2] <= LEASE_SECONDS * (1 + 1e-12)
+            assert 0 < got[2] <= CLAIM_LEASE_SECONDS * (1 + 1e-12)
         return key, token  # (a claim only if the verdict was RUN; else a token nobody holds)
 
     @rule(claim=claims, result=st.sampled_from(['{"a": 1}', '{"b": 2}']), ttl=st.sampled_from([1.0, 45.0, TTL]))
@@ -167,7 +168,7 @@ class IdempotencyMachine(RuleBasedStateMachine):
     def renews(self, claim: tuple[str, str]) -> None:
         key, token = claim
         expected = self.model.renew(key, token)
-        assert renew(self.sut.records.get(key), self.now, token, LEASE_SECONDS) == expected
+        assert renew(self.sut.records.get(key), self.now, token, CLAIM_LEASE_SECONDS) == expected
 
     @rule(claim=claims)
     def aborts(self, claim: tuple[str, str]) -> None:
@@ -178,7 +179,7 @@ class IdempotencyMachine(RuleBasedStateMachine):
     def a_stranger_settles(self, key: str) -> None:
         """A token that never claimed anything can settle nothing."""
         assert not complete(self.sut.records.get(key), self.now, "stranger", "{}", TTL)
-        assert not renew(self.sut.records.get(key), self.now, "stranger", LEASE_SECONDS)
+        assert not renew(self.sut.records.get(key), self.now, "stranger", CLAIM_LEASE_SECONDS)
         assert not self.sut.abort(key, self.now, "stranger")
 
     @rule(seconds=STEPS)
@@ -210,7 +211,7 @@ TestIdempotencyMachine = IdempotencyMachine.TestCase
 
 
 def claimed(now: float = 100.0, fingerprint: str = "fp", token: str = "t1") -> IdempotencyRecord:
-    verdict, record, retry_after = begin(None, now, fingerprint, token, LEASE_SECONDS)
+    verdict, record, retry_after = begin(None, now, fingerprint, token, CLAIM_LEASE_SECONDS)
     assert (verdict, retry_after) == (RUN, 0.0)
     assert record is not None
     return record
@@ -219,50 +220,50 @@ def claimed(now: float = 100.0, fingerprint: str = "fp", token: str = "t1") -> I
 def test_the_first_request_claims_the_key_for_one_lease() -> None:
     record = claimed(now=100.0)
     assert (record.fingerprint, record.token, record.until, record.result, record.done) == (
-        "fp", "t1", 100.0 + LEASE_SECONDS, None, False)
+        "fp", "t1", 100.0 + CLAIM_LEASE_SECONDS, None, False)
 
 
 def test_a_duplicate_while_the_first_runs_conflicts_and_retries_after_the_rest_of_the_lease() -> None:
     record = claimed(now=100.0)
-    assert begin(record, 110.0, "fp", "t2", LEASE_SECONDS) == (CONFLICT, None, LEASE_SECONDS - 10.0)
+    assert begin(record, 110.0, "fp", "t2", CLAIM_LEASE_SECONDS) == (CONFLICT, None, CLAIM_LEASE_SECONDS - 10.0)
     assert record.token == "t1"  # the claim is untouched
 
 
 def test_the_lease_ends_exactly_at_its_deadline_and_the_key_is_taken_over() -> None:
     record = claimed(now=100.0)
-    just_before = 100.0 + LEASE_SECONDS - 0.001
-    assert begin(record, just_before, "fp", "t2", LEASE_SECONDS)[0] is CONFLICT
-    verdict, takeover, _ = begin(record, 100.0 + LEASE_SECONDS, "fp", "t2", LEASE_SECONDS)
+    just_before = 100.0 + CLAIM_LEASE_SECONDS - 0.001
+    assert begin(record, just_before, "fp", "t2", CLAIM_LEASE_SECONDS)[0] is CONFLICT
+    verdict, takeover, _ = begin(record, 100.0 + CLAIM_LEASE_SECONDS, "fp", "t2", CLAIM_LEASE_SECONDS)
     assert verdict is RUN and takeover is not None and takeover.token == "t2"
     # The worker that lost its lease (it was presumed dead) can no longer store or drop anything.
     assert not complete(takeover, 131.0, "t1", "{}", TTL)
-    assert not renew(takeover, 131.0, "t1", LEASE_SECONDS)
+    assert not renew(takeover, 131.0, "t1", CLAIM_LEASE_SECONDS)
     assert not abort(takeover, 131.0, "t1")
     assert complete(takeover, 131.0, "t2", '{"ok": true}', TTL)
 
 
 def test_a_renewed_claim_holds_a_full_lease_from_the_renewal() -> None:
     record = claimed(now=100.0)
-    assert renew(record, 125.0, "t1", LEASE_SECONDS)
-    assert record.until == 125.0 + LEASE_SECONDS
-    assert begin(record, 150.0, "fp", "t2", LEASE_SECONDS) == (CONFLICT, None, 5.0)
+    assert renew(record, 125.0, "t1", CLAIM_LEASE_SECONDS)
+    assert record.until == 125.0 + CLAIM_LEASE_SECONDS
+    assert begin(record, 150.0, "fp", "t2", CLAIM_LEASE_SECONDS) == (CONFLICT, None, 5.0)
     # ... but a lapsed lease cannot be renewed: someone may have taken the key over.
-    assert not renew(record, 125.0 + LEASE_SECONDS, "t1", LEASE_SECONDS)
+    assert not renew(record, 125.0 + CLAIM_LEASE_SECONDS, "t1", CLAIM_LEASE_SECONDS)
 
 
 def test_a_completed_result_is_replayed_until_its_ttl_then_the_key_is_free() -> None:
     record = claimed(now=100.0)
     assert complete(record, 105.0, "t1", '{"id": 7}', TTL)
     assert (record.done, record.until) == (True, 105.0 + TTL)
-    assert begin(record, 105.0 + TTL - 1, "fp", "t2", LEASE_SECONDS) == (REPLAY, None, 0.0)
-    verdict, fresh, _ = begin(record, 105.0 + TTL, "fp", "t3", LEASE_SECONDS)
+    assert begin(record, 105.0 + TTL - 1, "fp", "t2", CLAIM_LEASE_SECONDS) == (REPLAY, None, 0.0)
+    verdict, fresh, _ = begin(record, 105.0 + TTL, "fp", "t3", CLAIM_LEASE_SECONDS)
     assert verdict is RUN and fresh is not None and fresh.result is None
 
 
 def test_a_result_is_kept_longer_than_a_lease() -> None:
     record = claimed(now=0.0)
     assert complete(record, 1.0, "t1", "{}", TTL)
-    assert begin(record, 1.0 + 10 * LEASE_SECONDS, "fp", "t2", LEASE_SECONDS)[0] is REPLAY
+    assert begin(record, 1.0 + 10 * CLAIM_LEASE_SECONDS, "fp", "t2", CLAIM_LEASE_SECONDS)[0] is REPLAY
 
 
 @pytest.mark.parametrize("done", [False, True], ids=["running", "done"])
@@ -270,10 +271,10 @@ def test_the_same_key_with_another_payload_is_a_mismatch_while_the_record_lives(
     record = claimed(now=100.0, fingerprint="fp-a")
     if done:
         assert complete(record, 100.0, "t1", "{}", TTL)
-    assert begin(record, 101.0, "fp-b", "t2", LEASE_SECONDS) == (MISMATCH, None, 0.0)
+    assert begin(record, 101.0, "fp-b", "t2", CLAIM_LEASE_SECONDS) == (MISMATCH, None, 0.0)
     # Once the record is gone, the key may carry any payload.
     later = record.until
-    assert begin(record, later, "fp-b", "t3", LEASE_SECONDS)[0] is RUN
+    assert begin(record, later, "fp-b", "t3", CLAIM_LEASE_SECONDS)[0] is RUN
 
 
 def test_only_the_holder_settles_and_only_once() -> None:
@@ -283,17 +284,17 @@ def test_only_the_holder_settles_and_only_once() -> None:
     assert complete(record, 101.0, "t1", '{"first": 1}', TTL)
     # A completed result is never overwritten, renewed into a claim or dropped by its holder.
     assert not complete(record, 102.0, "t1", '{"second": 2}', TTL)
-    assert not renew(record, 102.0, "t1", LEASE_SECONDS)
+    assert not renew(record, 102.0, "t1", CLAIM_LEASE_SECONDS)
     assert not abort(record, 102.0, "t1")
     assert record.result == '{"first": 1}'
 
 
 def test_nothing_to_settle_without_a_record() -> None:
     assert not complete(None, 0.0, "t1", "{}", TTL)
-    assert not renew(None, 0.0, "t1", LEASE_SECONDS)
+    assert not renew(None, 0.0, "t1", CLAIM_LEASE_SECONDS)
     assert not abort(None, 0.0, "t1")
 
 
 def test_the_lease_is_thirty_seconds() -> None:
     """docs/idempotency.md promises a crashed request's key back within 30 s."""
-    assert LEASE_SECONDS == 30.0
+    assert CLAIM_LEASE_SECONDS == 30.0

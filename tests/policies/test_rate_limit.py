@@ -3,9 +3,8 @@
 The reference (REFERENCES.md, "GCRA") works in exact fractions: ``tat = max(stored, now)``;
 allowed iff ``tat - now <= tau``; store ``tat + T``; ``retry_after = tat - tau - now`` when
 refused; ``remaining = floor((tau - (tat + T - now)) / T) + 1`` clamped at 0 when admitted.
-The code works in floats and may admit a call a hair (far below a microsecond here) before
-its exact time, so that rounding never refuses a call that is due exactly now; the tests
-allow that much and nothing more.
+The code keeps time in integer microseconds with T = period / quota rounded up to a whole
+microsecond, so it must agree with the reference exactly, at any clock (epoch-scale too).
 """
 
 from __future__ import annotations
@@ -20,13 +19,12 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from baldur.errors import ConfigError
-from baldur.policies.rate_limit import RateDecision, RateLimit, gcra
+from baldur.policies.rate_limit import MICROS, RateDecision, RateLimit, gcra
 
 QUOTAS = (1, 2, 3, 5, 7, 10, 30, 50)
 UNITS = ("second", "minute", "hour")
-#: Clocks are non-negative (monotonic clocks and Redis TIME are): the code's rounding slack is sized
-#: from the magnitude of the new TAT, which bounds the error of a TAT built upwards from a time >= 0.
-STARTS = (0.0, 0.25, 12.34, 1000.5, 1e5 + 0.125)
+#: Clocks in microseconds, from a fresh monotonic clock to Redis TIME (the epoch, 1.7e15 µs).
+STARTS = (0, 250_000, 12_340_000, 1_000_500_000, 1_700_000_000_123_457)
 
 
 # -- the reference model ------------------------------------------------------------
@@ -56,22 +54,25 @@ def reference(stored: Fraction | None, now: Fraction, interval: Fraction, tau: F
     return Expected(True, remaining, Fraction(0), next_after, new_tat - now, new_tat)
 
 
-def rounding_band(limit: RateLimit, now: float) -> float:
-    """How early the float code may admit a call: a few parts per billion of the clock's magnitude."""
-    return 2e-9 * (1.0 + abs(now) + limit.period * (limit.burst + 2) / limit.quota)
+def seconds(micros: Fraction) -> float:
+    return float(micros / MICROS)
 
 
-def matches(d: RateDecision, e: Expected, tol: float) -> bool:
+def matches(d: RateDecision, e: Expected) -> bool:
     return (
         d.allowed == e.allowed
         and d.remaining == e.remaining
-        and abs(d.retry_after - float(e.retry_after)) <= tol
-        and abs(d.next_after - float(e.next_after)) <= tol
-        and abs(d.reset_after - float(e.reset_after)) <= tol
+        and d.retry_after == seconds(e.retry_after)
+        and d.next_after == seconds(e.next_after)
+        and d.reset_after == seconds(e.reset_after)
     )
 
 
-def capacity(tat: float | None, now: float, limit: RateLimit) -> int:
+def us(seconds: float) -> int:
+    return round(seconds * MICROS)
+
+
+def capacity(tat: int | None, now: int, limit: RateLimit) -> int:
     """How many calls would be admitted at ``now`` (probing with one call)."""
     d, _ = gcra(tat, now, limit)
     return d.remaining + 1 if d.allowed else 0
@@ -94,36 +95,37 @@ class GcraMachine(RuleBasedStateMachine):
     limit: RateLimit
     T: Fraction
     tau: Fraction
-    now: float
-    tat: float | None
+    now: int
+    tat: int | None
     model_tat: Fraction | None
-    admitted: list[float]
-    due: float | None
-    last_retry: float
+    admitted: list[int]
+    due: int | None
+    last_retry: int
 
     @initialize(limit=limits(), start=st.sampled_from(STARTS))
-    def setup(self, limit: RateLimit, start: float) -> None:
+    def setup(self, limit: RateLimit, start: int) -> None:
         self.limit = limit
-        self.T = Fraction(limit.period) / limit.quota
+        self.T = Fraction(limit.interval_us)
+        assert limit.period * MICROS / limit.quota <= self.T < limit.period * MICROS / limit.quota + 1
         self.tau = self.T * (limit.burst - 1)
         self.now = start
         self.tat = self.model_tat = None
         self.admitted = []
         self.due = None  # when the last refusal said the call would be admitted
-        self.last_retry = 0.0
+        self.last_retry = 0
 
     @rule(kind=st.sampled_from(("grid", "any", "refill", "to_tat", "retry")), k=st.integers(0, 24),
           x=st.floats(0, 1, allow_nan=False))
     def advance(self, kind: str, k: int, x: float) -> None:
-        interval = self.limit.interval
+        interval = self.limit.interval_us
         if kind == "grid":  # multiples of T/8 hit the exact boundaries
-            step = interval * k / 8
+            step = interval * k // 8
         elif kind == "any":
-            step = x * 3 * interval
+            step = round(x * 3 * interval)
         elif kind == "refill":
             step = interval * (self.limit.burst + 1)
         elif kind == "to_tat":
-            step = 0.0 if self.tat is None else max(0.0, self.tat - self.now)
+            step = 0 if self.tat is None else max(0, self.tat - self.now)
         else:
             step = self.last_retry
         self.now += step
@@ -132,29 +134,27 @@ class GcraMachine(RuleBasedStateMachine):
     def call(self) -> None:
         limit = self.limit
         decision, stored = gcra(self.tat, self.now, limit)
-        band = rounding_band(limit, self.now)
         now = Fraction(self.now)
         exact = reference(self.model_tat, now, self.T, self.tau)
-        early = reference(self.model_tat, now, self.T, self.tau + Fraction(band))
-        assert matches(decision, exact, 3 * band) or matches(decision, early, 3 * band), (decision, exact, early)
+        assert matches(decision, exact), (decision, exact)
         if self.due is not None and self.now >= self.due:
             assert decision.allowed, "a call made retry_after seconds after a refusal must be admitted"
         if decision.allowed:
             assert stored is not None
             assert decision.retry_after == 0.0
             assert 0 <= decision.remaining < limit.burst
-            assert 0 < decision.next_after <= limit.interval * (1 + 1e-9) + band
+            assert 0 < decision.next_after <= limit.interval
             base = now if self.model_tat is None else max(self.model_tat, now)
             self.model_tat = base + self.T
-            assert abs(stored - float(self.model_tat)) <= band
+            assert stored == self.model_tat
             self._check_horizon()
             self.due = None
         else:
             assert stored == self.tat  # a refused call stores nothing
             assert decision.remaining == 0
             assert decision.retry_after > 0 and decision.next_after == decision.retry_after
-            self.due = self.now + decision.retry_after
-            self.last_retry = decision.retry_after
+            self.due = self.now + us(decision.retry_after)
+            self.last_retry = us(decision.retry_after)
         self.tat = stored
 
     def _check_horizon(self) -> None:
@@ -164,15 +164,14 @@ class GcraMachine(RuleBasedStateMachine):
         n = len(self.admitted)
         for i, t_i in enumerate(self.admitted):
             count = n - i
-            assert count <= self.limit.burst + (t_j - t_i) / self.limit.interval + 1e-3, (count, t_j - t_i)
+            assert count <= self.limit.burst + (t_j - t_i) / self.limit.interval_us, (count, t_j - t_i)
 
     @invariant()
     def model_and_code_store_the_same_tat(self) -> None:
         if self.model_tat is None:
             assert self.tat is None
         else:
-            assert self.tat is not None
-            assert abs(self.tat - float(self.model_tat)) <= rounding_band(self.limit, self.now)
+            assert self.tat == self.model_tat
 
 
 GcraMachine.TestCase.settings = settings(
@@ -184,9 +183,9 @@ TestGcraMachine = GcraMachine.TestCase
 # -- properties -------------------------------------------------------------------
 
 
-@given(limit=limits(), now=st.floats(0, 1e6, allow_nan=False))
+@given(limit=limits(), now=st.integers(0, 2_000_000_000_000_000))
 @settings(max_examples=200, deadline=None)
-def test_a_burst_at_one_instant_admits_exactly_burst(limit: RateLimit, now: float) -> None:
+def test_a_burst_at_one_instant_admits_exactly_burst(limit: RateLimit, now: int) -> None:
     tat = None
     remaining = []
     for _ in range(limit.burst):
@@ -196,24 +195,24 @@ def test_a_burst_at_one_instant_admits_exactly_burst(limit: RateLimit, now: floa
     assert remaining == list(range(limit.burst - 1, -1, -1))
     refused, kept = gcra(tat, now, limit)
     assert not refused.allowed and kept == tat
-    assert refused.retry_after == pytest.approx(limit.interval, rel=1e-6)
+    assert refused.retry_after == limit.interval
 
 
 @st.composite
-def histories(draw: st.DrawFn) -> tuple[RateLimit, float | None, float]:
+def histories(draw: st.DrawFn) -> tuple[RateLimit, int | None, int]:
     """A limit, a stored TAT built by random earlier calls, and the time of the next call."""
     limit = draw(limits())
     now = draw(st.sampled_from(STARTS))
-    tat: float | None = None
+    tat: int | None = None
     for gap in draw(st.lists(st.floats(0, 1, allow_nan=False), max_size=60)):
-        now += gap * limit.interval
+        now += round(gap * limit.interval_us)
         _, tat = gcra(tat, now, limit)
     return limit, tat, now
 
 
 @given(histories())
 @settings(max_examples=300, deadline=None)
-def test_remaining_is_what_can_still_be_admitted_now(history: tuple[RateLimit, float | None, float]) -> None:
+def test_remaining_is_what_can_still_be_admitted_now(history: tuple[RateLimit, int | None, int]) -> None:
     limit, tat, now = history
     decision, tat = gcra(tat, now, limit)
     assume(decision.allowed)
@@ -225,44 +224,39 @@ def test_remaining_is_what_can_still_be_admitted_now(history: tuple[RateLimit, f
 
 @given(histories())
 @settings(max_examples=300, deadline=None)
-def test_next_after_is_the_time_until_one_more_unit(history: tuple[RateLimit, float | None, float]) -> None:
+def test_next_after_is_the_time_until_one_more_unit(history: tuple[RateLimit, int | None, int]) -> None:
     limit, tat, now = history
     decision, tat = gcra(tat, now, limit)
-    probe = 3 * rounding_band(limit, now)
-    assert probe < limit.interval / 4
-    target = now + decision.next_after
+    target = now + us(decision.next_after)
     if decision.allowed:
         assert capacity(tat, now, limit) == decision.remaining
-        assert capacity(tat, target + probe, limit) == decision.remaining + 1
-        if decision.next_after > 2 * probe:
-            assert capacity(tat, target - probe, limit) == decision.remaining
+        assert capacity(tat, target, limit) == decision.remaining + 1
+        assert capacity(tat, target - 1, limit) == decision.remaining
     else:
         assert decision.next_after == decision.retry_after
-        assert capacity(tat, now + decision.retry_after, limit) >= 1  # retry_after is never too early
-        if decision.retry_after > 2 * probe:
-            assert capacity(tat, now + decision.retry_after - probe, limit) == 0
+        assert capacity(tat, now + us(decision.retry_after), limit) >= 1  # retry_after is never too early
+        assert capacity(tat, now + us(decision.retry_after) - 1, limit) == 0
 
 
 @given(histories())
 @settings(max_examples=200, deadline=None)
-def test_reset_after_is_the_time_until_the_full_quota(history: tuple[RateLimit, float | None, float]) -> None:
+def test_reset_after_is_the_time_until_the_full_quota(history: tuple[RateLimit, int | None, int]) -> None:
     limit, tat, now = history
     decision, tat = gcra(tat, now, limit)
-    probe = 3 * rounding_band(limit, now)
     assert decision.reset_after >= 0
-    assert capacity(tat, now + decision.reset_after + probe, limit) == limit.burst
-    if decision.reset_after > limit.interval:
-        assert capacity(tat, now + decision.reset_after - limit.interval / 2, limit) < limit.burst
+    assert capacity(tat, now + us(decision.reset_after), limit) == limit.burst
+    if decision.reset_after > 0:
+        assert capacity(tat, now + us(decision.reset_after) - 1, limit) < limit.burst
 
 
 # -- the documented examples ------------------------------------------------------
 
 
-@pytest.mark.parametrize("start", [0.0, 1000.0, 123_456.789, 3e6])
-def test_100_per_minute_admits_100_at_once_then_one_every_0_6_s(start: float) -> None:
+@pytest.mark.parametrize("start", [0, 1_000_000_000, 123_456_789_000, 1_700_000_000_123_457])
+def test_100_per_minute_admits_100_at_once_then_one_every_0_6_s(start: int) -> None:
     limit = RateLimit("100/minute")
     assert (limit.quota, limit.period, limit.burst) == (100, 60.0, 100)
-    assert limit.interval == pytest.approx(0.6)
+    assert limit.interval_us == 600_000 and limit.interval == 0.6
     tat = None
     for i in range(100):
         decision, tat = gcra(tat, start, limit)
@@ -270,59 +264,86 @@ def test_100_per_minute_admits_100_at_once_then_one_every_0_6_s(start: float) ->
         assert decision.remaining == 99 - i
     decision, tat = gcra(tat, start, limit)
     assert not decision.allowed
-    assert decision.retry_after == pytest.approx(0.6)
+    assert decision.retry_after == 0.6
     for k in range(1, 301):
-        now = start + k * 0.6
-        assert not gcra(tat, now - 0.3, limit)[0].allowed, k  # not between the ticks
+        now = start + k * 600_000
+        assert not gcra(tat, now - 1, limit)[0].allowed, k  # not a microsecond before the tick
         decision, tat = gcra(tat, now, limit)
         assert decision.allowed, k  # one on each tick
-        assert decision.remaining == 0 and decision.next_after == pytest.approx(0.6)
+        assert decision.remaining == 0 and decision.next_after == 0.6
         refused, tat = gcra(tat, now, limit)
         assert not refused.allowed, k  # and only one
-        assert refused.retry_after == pytest.approx(0.6)
+        assert refused.retry_after == 0.6
 
 
 def test_a_smaller_burst_is_smoother() -> None:
     limit = RateLimit("100/minute", burst=10)
-    assert limit.tolerance == pytest.approx(0.6 * 9)
+    assert limit.tolerance_us == 600_000 * 9
     tat = None
     admitted = 0
     for _ in range(20):
-        decision, tat = gcra(tat, 0.0, limit)
+        decision, tat = gcra(tat, 0, limit)
         admitted += decision.allowed
     assert admitted == 10
-    assert gcra(tat, 0.6, limit)[0].allowed
+    assert gcra(tat, 600_000, limit)[0].allowed
 
 
 def test_decision_fields_for_10_per_second() -> None:
     limit = RateLimit("10/second")
-    first, tat = gcra(None, 100.0, limit)
+    first, tat = gcra(None, 100_000_000, limit)
     assert (first.allowed, first.remaining, first.retry_after) == (True, 9, 0.0)
-    assert first.next_after == pytest.approx(0.1) and first.reset_after == pytest.approx(0.1)
-    assert tat == pytest.approx(100.1)
+    assert first.next_after == 0.1 and first.reset_after == 0.1
+    assert tat == 100_100_000
     for _ in range(9):
-        last, tat = gcra(tat, 100.0, limit)
+        last, tat = gcra(tat, 100_000_000, limit)
     assert last.allowed and last.remaining == 0
-    assert last.next_after == pytest.approx(0.1) and last.reset_after == pytest.approx(1.0)
-    refused, kept = gcra(tat, 100.05, limit)
+    assert last.next_after == 0.1 and last.reset_after == 1.0
+    refused, kept = gcra(tat, 100_050_000, limit)
     assert not refused.allowed and kept == tat
-    assert refused.retry_after == pytest.approx(0.05) and refused.next_after == pytest.approx(0.05)
-    assert refused.reset_after == pytest.approx(0.95)
-    later, _ = gcra(tat, 100.1, limit)
+    assert refused.retry_after == 0.05 and refused.next_after == 0.05
+    assert refused.reset_after == 0.95
+    later, _ = gcra(tat, 100_100_000, limit)
     assert later.allowed and later.remaining == 0
-    idle, _ = gcra(tat, 500.0, limit)  # long idle: a full quota again
+    idle, _ = gcra(tat, 500_000_000, limit)  # long idle: a full quota again
     assert idle.allowed and idle.remaining == 9
 
 
 def test_a_call_may_cost_several_units() -> None:
     limit = RateLimit("10/second")
-    decision, tat = gcra(None, 0.0, limit, cost=3)
+    decision, tat = gcra(None, 0, limit, cost=3)
     assert decision.allowed and decision.remaining == 7
-    assert tat == pytest.approx(0.3)
-    decision, tat = gcra(tat, 0.0, limit, cost=7)
+    assert tat == 300_000
+    decision, tat = gcra(tat, 0, limit, cost=7)
     assert decision.allowed and decision.remaining == 0
-    refused, _ = gcra(tat, 0.0, limit, cost=2)
-    assert not refused.allowed and refused.retry_after == pytest.approx(0.2)
+    refused, _ = gcra(tat, 0, limit, cost=2)
+    assert not refused.allowed and refused.retry_after == 0.2
+
+
+@pytest.mark.parametrize(("spec", "interval_us"), [
+    ("10000/second", 100), ("50000/minute", 1200), ("100000/day", 864_000), ("15000/second", 67),
+    ("3/second", 333_334), ("7/2 hours", 1_028_571_429),
+])
+def test_the_interval_is_whole_microseconds_rounded_up(spec: str, interval_us: int) -> None:
+    limit = RateLimit(spec)
+    assert limit.interval_us == interval_us
+    assert limit.interval_us * limit.quota >= limit.period * MICROS  # never more than the quota
+
+
+@pytest.mark.parametrize("spec", ["10000/second", "15000/second", "50000/minute", "100000/day"])
+def test_a_burst_at_an_epoch_instant_admits_exactly_the_quota_and_then_one_per_interval(spec: str) -> None:
+    limit = RateLimit(spec)
+    now = 1_700_000_000_123_457
+    tat = None
+    admitted = 0
+    for _ in range(limit.quota + 10):
+        decision, tat = gcra(tat, now, limit)
+        admitted += decision.allowed
+    assert admitted == limit.quota
+    refused, _ = gcra(tat, now, limit)
+    assert refused.retry_after == limit.interval
+    assert not gcra(tat, now + limit.interval_us - 1, limit)[0].allowed  # not one microsecond early
+    decision, _ = gcra(tat, now + limit.interval_us, limit)
+    assert decision.allowed and decision.remaining == 0
 
 
 # -- parsing ----------------------------------------------------------------------
@@ -347,7 +368,7 @@ def test_rate_strings_parse(spec: str, quota: int, period: float) -> None:
     limit = RateLimit(spec)
     assert (limit.quota, limit.period, limit.burst) == (quota, period, quota)
     assert limit.enabled
-    assert limit.interval == pytest.approx(period / quota)
+    assert 0 <= limit.interval - period / quota < 1e-6
     assert limit.spec == spec.strip()
     assert repr(limit) == f"RateLimit({spec.strip()!r}, burst={quota})"
 
@@ -397,6 +418,6 @@ def test_burst_may_exceed_the_quota() -> None:
     tat = None
     admitted = 0
     for _ in range(10):
-        decision, tat = gcra(tat, 0.0, limit)
+        decision, tat = gcra(tat, 0, limit)
         admitted += decision.allowed
     assert admitted == 5

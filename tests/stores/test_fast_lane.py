@@ -92,7 +92,7 @@ def test_reset_retires_the_lane_and_counting_starts_afresh() -> None:
     assert totals(lane_state("lane-reset")) == (5, 0)
 
 
-def test_an_evicted_state_is_retired() -> None:
+def test_client_traffic_never_evicts_a_breaker_on_the_fast_lane() -> None:
     store = MemoryStore(max_keys=2)
     options = baldur.Breaker()
     from baldur.stores._types import Plan
@@ -101,9 +101,10 @@ def test_an_evicted_state_is_retired() -> None:
     lane = store.fast_lane(plan)
     assert lane is not None
     store.rate("a", baldur.RateLimit("5/second"))
-    store.rate("b", baldur.RateLimit("5/second"))  # pushes the breaker out
-    assert "b:evicted" not in store._keys
-    assert lane.state is not State.CLOSED
+    store.rate("b", baldur.RateLimit("5/second"))  # past max_keys: a client's key goes, never the breaker
+    assert store._keys["b:evicted"] is lane
+    assert lane.state is State.CLOSED
+    assert list(store._clients) == ["a", "b"]
 
 
 def test_successes_racing_the_opening_leave_a_consistent_open_breaker() -> None:

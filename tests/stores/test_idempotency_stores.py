@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from baldur.bridges import SyncOverAsync
-from baldur.policies.idempotency import LEASE_SECONDS, Verdict
+from baldur.policies.idempotency import CLAIM_LEASE_SECONDS, Verdict
 from baldur.stores.memory import MemoryStore
 from baldur.stores.redis import RedisStore
 from tests.redis_server import RedisServer
@@ -55,7 +55,7 @@ def test_the_same_random_sequence_gives_the_same_answers_on_both_stores(
         action = rng.choice(["begin", "begin", "complete", "renew", "abort", "advance"])
         key = rng.choice(["k1", "k2", "k3"])
         if action == "advance":
-            clock.now += rng.choice([0.0, 0.25, 1.0, LEASE_SECONDS / 3, LEASE_SECONDS, 50.0])
+            clock.now += rng.choice([0.0, 0.25, 1.0, CLAIM_LEASE_SECONDS / 3, CLAIM_LEASE_SECONDS, 50.0])
             continue
         if action == "begin":
             token = f"t{i}"
@@ -88,7 +88,7 @@ def test_every_redis_record_carries_the_prefix_and_expires_on_its_own(
         keys = list(client.scan_iter(match=f"{prefix}:*"))
         assert len(keys) == 1
         # Running: the record outlives its lease by a second at most, so a dead worker's claim goes.
-        assert LEASE_SECONDS * 1000 < client.pttl(keys[0]) <= LEASE_SECONDS * 1000 + 1000
+        assert CLAIM_LEASE_SECONDS * 1000 < client.pttl(keys[0]) <= CLAIM_LEASE_SECONDS * 1000 + 1000
         assert store.idempotency_complete("http:order-42", "t1", '{"r": 1}', 3600.0)
         assert 3600_000 < client.pttl(keys[0]) <= 3601_000
         start = store.idempotency_begin("http:order-42", "fp", "t2")

@@ -299,7 +299,7 @@ def test_two_hundred_thousand_rate_keys_stay_within_max_keys(clock: Clock) -> No
             clock.advance(1.0)  # some keys drain, most do not: both kinds are evicted
     assert peak <= 10_000
     assert len(store) == 10_000
-    assert "client-199999" in store._keys  # the newest keys are the ones kept
+    assert "client-199999" in store._clients  # the newest keys are the ones kept
 
 
 def test_per_client_rate_keys_stay_within_max_keys(clock: Clock) -> None:
@@ -307,12 +307,12 @@ def test_per_client_rate_keys_stay_within_max_keys(clock: Clock) -> None:
     plan = Plan("route", Breaker(), RateLimit("5/minute"), 4)
     for i in range(50_000):
         store.finish(store.admit(plan, f"10.0.{i // 256}.{i % 256}"), OK)
-        assert len(store) <= 10_000
+        assert len(store._clients) <= 10_000
     assert store.read_breaker("route", Breaker()) is State.CLOSED
 
 
-def test_recently_used_breaker_state_survives_key_churn(clock: Clock) -> None:
-    """LRU: a breaker in use is never the least recently used key, one left alone is."""
+def test_client_churn_never_evicts_a_breaker(clock: Clock) -> None:
+    """Breakers live in their own table: no amount of client keys evicts one, busy or idle."""
     store = MemoryStore(max_keys=100, clock=clock)
     options = Breaker(failure_rate=None, consecutive_failures=5, open_for=3_600.0)
     busy, idle, counting = (Plan(n, options, None, None) for n in ("busy", "idle", "counting"))
@@ -332,10 +332,9 @@ def test_recently_used_breaker_state_survives_key_churn(clock: Clock) -> None:
             store.finish(store.admit(counting), FAIL)
         if i == 200:
             assert store.read_breaker("counting", options) is State.OPEN  # no failure lost to churn
-        assert len(store) <= 100
-    assert store.read_breaker("busy", options) is State.OPEN
-    assert store.read_breaker("idle", options) is State.CLOSED  # evicted: a fresh breaker
-    assert store.read_breaker("counting", options) is State.CLOSED  # left alone since, so evicted too
+        assert len(store._clients) <= 100
+    for plan in (busy, idle, counting):
+        assert store.read_breaker(plan.name, options) is State.OPEN
 
 
 def test_memory_max_keys_from_init_bounds_protected_rate_limits(restore_runtime: None) -> None:
@@ -347,10 +346,13 @@ def test_memory_max_keys_from_init_bounds_protected_rate_limits(restore_runtime:
     def handler() -> str:
         return "ok"
 
+    plan = Plan("route", None, limit, None)
+    assert baldur.protected("route-as-a-whole", rate_limit=limit)(handler)() == "ok"
     for i in range(30_000):
-        assert baldur.protected(f"route-{i}", rate_limit=limit)(handler)() == "ok"
-        assert len(store) <= 10_000
-    assert len(store) == 10_000
+        store.finish(store.admit(plan, f"client-{i}"), OK)
+        assert len(store._clients) <= 10_000
+    assert len(store._clients) == 10_000
+    assert "r:route-as-a-whole" in store._keys  # a name's own limit is never evicted by clients
 
 
 def test_memory_max_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -367,4 +369,4 @@ def test_memory_max_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
     for i in range(20_000):
         store.rate(f"k{i}", RateLimit("1/minute"))
     assert handler() == "ok"
-    assert len(store) <= 10_000
+    assert len(store._clients) <= 10_000

@@ -2,14 +2,16 @@
 -- breaker state machine. These mirror baldur/policies/*.py rule for rule
 -- (same operations in the same order, so the same IEEE doubles); the test
 -- suite runs the same sequences against both stores and expects identical
--- decisions.
+-- decisions. BUCKETS and the admission codes are defined by Python
+-- (baldur/stores/_decisions.py: lua_constants), prepended to every script.
 
-local BUCKETS = 10
-
+-- Now in integer microseconds: the caller's (tests), else the server's TIME. Doubles
+-- hold integers exactly below 2^53 (285 years of microseconds); a float of seconds
+-- since the epoch would have 0.24 µs spacing and drift under addition.
 local function clock(arg)
   if arg ~= '' then return tonumber(arg) end
   local t = redis.call('TIME')
-  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
 -- Round-trips a double exactly (Lua's tostring keeps only 14 digits).
@@ -18,31 +20,31 @@ local function fmt(x)
 end
 
 -- GCRA -------------------------------------------------------------------
+-- policies/rate_limit.py's gcra: integer microseconds throughout, then one
+-- division into seconds for the answer, so both stores give the same doubles.
 
-local function remaining_units(slack, interval, eps)
-  if slack + eps >= 0 then return math.floor((slack + eps) / interval) + 1 end
+local function remaining_units(slack, interval)
+  if slack >= 0 then return math.floor(slack / interval) + 1 end
   return 0
 end
 
--- Spends one unit of the limit stored at key. Returns allowed (0/1),
--- remaining, retry_after, next_after, reset_after.
+-- Spends one unit of the limit stored at key (now, interval, tolerance in µs).
+-- Returns allowed (0/1), remaining, retry_after, next_after, reset_after (seconds).
 local function gcra(key, now, interval, tolerance)
   local tat = tonumber(redis.call('GET', key))
   local base = now
   if tat ~= nil and tat >= now then base = tat end
   local new_tat = base + interval
   local allow_at = new_tat - tolerance - interval
-  -- The float slack of policies/rate_limit.py: a TAT built by adding intervals drifts by a few ulps.
-  local _, exponent = math.frexp(new_tat)
-  local eps = math.min(0.5 * interval, 4 * (tolerance / interval + 1) * math.ldexp(1.0, exponent - 53))
-  if allow_at - now > eps then
-    return 0, remaining_units(tolerance - (base - now), interval, eps), allow_at - now, allow_at - now, base - now
+  if allow_at > now then
+    local wait = (allow_at - now) / 1000000
+    return 0, remaining_units(tolerance - (base - now), interval), wait, wait, (base - now) / 1000000
   end
   local slack = tolerance - (new_tat - now)
   local next_after
-  if slack + eps >= 0 then next_after = interval - ((slack + eps) % interval - eps) else next_after = -slack end
-  redis.call('SET', key, fmt(new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
-  return 1, remaining_units(slack, interval, eps), 0, next_after, new_tat - now
+  if slack >= 0 then next_after = interval - slack % interval else next_after = -slack end
+  redis.call('SET', key, string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+  return 1, remaining_units(slack, interval), 0, next_after / 1000000, (new_tat - now) / 1000000
 end
 
 -- Breaker ----------------------------------------------------------------
@@ -141,22 +143,27 @@ local function br_preflight(s, now, o)
   return 0, 0, math.min(1.0, o.open_for), transition
 end
 
--- outcome: 's' success, 'f' failure, 'i' ignored; count > 1 only for successes.
+-- outcome: 's' success, 'f' failure, 'i' ignored; count > 1 only for successes
+-- written behind. The failure rate is checked after every outcome; for a batch
+-- of successes, after each of them: the share is highest where the count of
+-- calls first reaches min_calls, so that is the one point to check.
 -- Returns the new state if it changed, else ''.
 local function br_record(key, s, now, o, outcome, trial, count)
   if s.st == 'closed' then
     if trial or outcome == 'i' then return '' end
-    if outcome == 's' then
-      if s.cf ~= 0 then s.cf = 0; s.dirty = true end
-      win_add(key, now, o.width, false, count)
-      return ''
+    local failed = outcome == 'f'
+    win_add(key, now, o.width, failed, count)
+    if failed then
+      s.cf = s.cf + 1; s.dirty = true
+      if o.consecutive > 0 and s.cf >= o.consecutive then return br_open(key, s, now) end
+    elseif s.cf ~= 0 then
+      s.cf = 0; s.dirty = true
     end
-    s.cf = s.cf + 1; s.dirty = true
-    win_add(key, now, o.width, true, 1)
-    if o.consecutive > 0 and s.cf >= o.consecutive then return br_open(key, s, now) end
     if o.failure_rate >= 0 then
       local calls, failures = win_totals(key, now, o.width)
-      if calls >= o.min_calls and failures / calls >= o.failure_rate then return br_open(key, s, now) end
+      if calls >= o.min_calls and failures / math.max(o.min_calls, calls - count + 1) >= o.failure_rate then
+        return br_open(key, s, now)
+      end
     end
     return ''
   end

@@ -2,32 +2,33 @@
 -- limit), the plan's rate limit, then a concurrency lease, then the breaker's
 -- pre-flight (after recording this worker's written-behind successes).
 -- KEYS: 1 rate TAT, 2 concurrency leases (zset, score = expiry), 3 breaker hash, 4 extra TAT
--- ARGV: 1 now ('' = server clock)
---       2 rate interval (0 = no limit), 3 rate tolerance
+-- ARGV: 1 now in µs ('' = server clock)
+--       2 rate interval in µs (0 = no limit), 3 rate tolerance in µs
 --       4 concurrency limit (0 = none), 5 lease id, 6 lease seconds
 --       7 breaker on (0/1), 8..14 breaker options (see breaker_options)
 --       15 successes written behind since the last call
---       16 extra interval (0 = none), 17 extra tolerance
--- Returns {verdict, remaining, retry_after, next_after, reset_after, trial, transitions,
+--       16 extra interval in µs (0 = none), 17 extra tolerance in µs
+-- Returns {admission, remaining, retry_after, next_after, reset_after, trial, transitions,
 --          extra: allowed, remaining, retry_after, next_after, reset_after}
---   verdict: 0 admitted, 1 rate limited, 2 overloaded, 3 circuit open, 4 extra limit refused
-local now = clock(ARGV[1])
+--   admission: one of the codes of baldur/stores/_decisions.py (Admission), defined before this script
+local now_us = clock(ARGV[1])
+local now = now_us / 1000000
 local extra = {1, 0, '0', '0', '0'}
 local extra_interval = tonumber(ARGV[16])
 if extra_interval > 0 then
-  local allowed, e_remaining, e_retry, e_next, e_reset = gcra(KEYS[4], now, extra_interval, tonumber(ARGV[17]))
+  local allowed, e_remaining, e_retry, e_next, e_reset = gcra(KEYS[4], now_us, extra_interval, tonumber(ARGV[17]))
   extra = {allowed, e_remaining, fmt(e_retry), fmt(e_next), fmt(e_reset)}
   if allowed == 0 then
-    return {4, 0, fmt(e_retry), '0', '0', 0, '', unpack(extra)}
+    return {EXTRA_RATE_LIMITED, 0, fmt(e_retry), '0', '0', 0, '', unpack(extra)}
   end
 end
 local interval = tonumber(ARGV[2])
 local remaining, retry_after, next_after, reset_after = 0, 0, 0, 0
 if interval > 0 then
   local allowed
-  allowed, remaining, retry_after, next_after, reset_after = gcra(KEYS[1], now, interval, tonumber(ARGV[3]))
+  allowed, remaining, retry_after, next_after, reset_after = gcra(KEYS[1], now_us, interval, tonumber(ARGV[3]))
   if allowed == 0 then
-    return {1, remaining, fmt(retry_after), fmt(next_after), fmt(reset_after), 0, '', unpack(extra)}
+    return {RATE_LIMITED, remaining, fmt(retry_after), fmt(next_after), fmt(reset_after), 0, '', unpack(extra)}
   end
 end
 local limit = tonumber(ARGV[4])
@@ -35,7 +36,7 @@ local holds = false
 if limit > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', fmt(now))
   if redis.call('ZCARD', KEYS[2]) >= limit then
-    return {2, remaining, '0', fmt(next_after), fmt(reset_after), 0, '', unpack(extra)}
+    return {OVERLOADED, remaining, '0', fmt(next_after), fmt(reset_after), 0, '', unpack(extra)}
   end
   local lease_for = tonumber(ARGV[6])
   redis.call('ZADD', KEYS[2], fmt(now + lease_for), ARGV[5])
@@ -54,7 +55,7 @@ if ARGV[7] == '1' then
   br_save(KEYS[3], s, o.ttl)
   if admitted == 0 then
     if holds then redis.call('ZREM', KEYS[2], ARGV[5]) end
-    return {3, remaining, fmt(wait), fmt(next_after), fmt(reset_after), 0, transitions, unpack(extra)}
+    return {CIRCUIT_OPEN, remaining, fmt(wait), fmt(next_after), fmt(reset_after), 0, transitions, unpack(extra)}
   end
 end
-return {0, remaining, '0', fmt(next_after), fmt(reset_after), trial, transitions, unpack(extra)}
+return {ADMITTED, remaining, '0', fmt(next_after), fmt(reset_after), trial, transitions, unpack(extra)}

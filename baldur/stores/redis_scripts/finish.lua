@@ -4,7 +4,8 @@
 -- ARGV: 1 now, 2 lease id ('' = none), 3 breaker on (0/1), 4..10 breaker options,
 --       11 successes written behind, 12 outcome ('s', 'f', 'i', '' = none), 13 trial (0/1)
 -- Returns the transitions, space-separated.
-local now = clock(ARGV[1])
+local now_us = clock(ARGV[1])
+local now = now_us / 1000000
 if ARGV[2] ~= '' then redis.call('ZREM', KEYS[1], ARGV[2]) end
 if ARGV[3] ~= '1' then return '' end
 local o = breaker_options(ARGV, 4)

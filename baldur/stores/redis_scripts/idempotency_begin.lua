@@ -1,7 +1,8 @@
 -- Claim an idempotency key, or say why not (policies/idempotency.py: begin).
 -- KEYS: 1 the record (hash: fp, tok, until, res). ARGV: 1 now, 2 fingerprint, 3 token, 4 lease seconds.
 -- Returns {verdict, result or '', retry_after}.
-local now = clock(ARGV[1])
+local now_us = clock(ARGV[1])
+local now = now_us / 1000000
 local r = redis.call('HMGET', KEYS[1], 'fp', 'tok', 'until', 'res')
 local until_ = tonumber(r[3])
 if r[1] == false or until_ == nil or until_ <= now then

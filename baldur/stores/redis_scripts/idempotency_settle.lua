@@ -1,7 +1,8 @@
 -- Settle a claim (policies/idempotency.py: complete, renew, abort), if the token still holds it.
 -- KEYS: 1 the record. ARGV: 1 now, 2 token, 3 'complete' | 'renew' | 'abort', 4 result, 5 seconds (ttl or lease).
 -- Returns 1 if the claim was ours, else 0.
-local now = clock(ARGV[1])
+local now_us = clock(ARGV[1])
+local now = now_us / 1000000
 local r = redis.call('HMGET', KEYS[1], 'tok', 'res', 'until')
 if r[1] ~= ARGV[2] or r[2] ~= false or (tonumber(r[3]) or 0) <= now then return 0 end
 local action = ARGV[3]
