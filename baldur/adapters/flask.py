@@ -179,8 +179,10 @@ class _Options:
             return default
 
         limit: RateLimit = pick("rate_limit", rate_limit, settings.rate_limit)
-        self.rate_limit = limit if limit.enabled else None
-        self.max_concurrency: int | None = pick("max_concurrency", max_concurrency, settings.max_concurrency)
+        #: ``rate_limit``: each client's limit across the app (the ``default`` policy in the headers).
+        self.per_client_limit = limit if limit.enabled else None
+        #: ``max_concurrency``: this process's ceiling on requests in flight (``None``: the server's own).
+        self.process_ceiling: int | None = pick("max_concurrency", max_concurrency, settings.max_concurrency)
         self.trust_proxy: int = pick("trust_proxy", trust_proxy, settings.trust_proxy)
         self.idempotency: str = pick("idempotency", idempotency, settings.idempotency)
         self.idempotency_max_bytes = settings.idempotency_max_bytes
@@ -206,7 +208,7 @@ class _Options:
         #: Endpoints and blueprints taken out of the per-client limit and shedding.
         self.exempt = frozenset(exempt)
         self.ipv6_prefix = settings.ipv6_prefix
-        self.in_flight = _InFlight(self.max_concurrency)
+        self.in_flight = _InFlight(self.process_ceiling)
         #: The views were checked for a decorator-order mistake (at the first request).
         self.views_checked = False
         #: Per endpoint: (the view's protection, whether the per-client limit applies).
@@ -305,7 +307,7 @@ class _Middleware:
             state.in_flight = True
             state.admitted_at = time.monotonic()
         elif not _exempt_route(self.app, options, environ):
-            _log.emit("backpressure.shed", "in_flight", limit=options.max_concurrency)
+            _log.emit("backpressure.shed", "in_flight", limit=options.process_ceiling)
             return _shed(environ, start_response, options.in_flight.retry_after())
         environ[_STATE] = state
         state.token = web_call.set(state)
@@ -322,7 +324,7 @@ class _Middleware:
             state.status = 500
             _settle(state, options)
             raise
-        if state.status and not state.streamed and (state.ticket is not None or options.max_concurrency is None):
+        if state.status and not state.streamed and (state.ticket is not None or options.process_ceiling is None):
             # The view is done and the status known (a buffered body, a file): settle now,
             # and hand the body on untouched (a file keeps the server's zero-copy path).
             _settle(state, options)
@@ -479,8 +481,8 @@ def _admit_first(options: _Options) -> Response | None:
     protection, limited = route
     extra = None
     if limited:
-        assert options.rate_limit is not None
-        extra = ExtraLimit("default", f"web:{state.client_key()}", options.rate_limit)
+        assert options.per_client_limit is not None
+        extra = ExtraLimit("default", f"web:{state.client_key()}", options.per_client_limit)
     elif protection is None:
         return None
     has_fallback = protection is not None and protection.options.fallback is not None
@@ -496,7 +498,7 @@ def _route(app: Flask, options: _Options, req: Request) -> tuple[Protection | No
     endpoint = req.endpoint
     view = app.view_functions.get(endpoint) if endpoint is not None else None
     protection = getattr(view, "__baldur__", None)
-    limited = options.rate_limit is not None and not _is_exempt(options, endpoint, view, lambda: req.blueprints)
+    limited = options.per_client_limit is not None and not _is_exempt(options, endpoint, view, lambda: req.blueprints)
     return (protection if isinstance(protection, Protection) else None), limited
 
 

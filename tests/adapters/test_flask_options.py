@@ -183,12 +183,12 @@ def test_trust_proxy_and_max_concurrency_follow_the_same_order(monkeypatch: pyte
     app.config["BALDUR_TRUST_PROXY"] = "1"
     init_flask(app)
     options = app.extensions["baldur"]
-    assert options.trust_proxy == 1 and options.max_concurrency == 40
+    assert options.trust_proxy == 1 and options.process_ceiling == 40
     other = new_app()
     other.config["BALDUR_MAX_CONCURRENCY"] = 3
     init_flask(other, trust_proxy=0)
     options = other.extensions["baldur"]
-    assert options.trust_proxy == 0 and options.max_concurrency == 3
+    assert options.trust_proxy == 0 and options.process_ceiling == 3
     # Behaviour, not only the attribute: trust_proxy=1 from app.config takes the last hop.
     limited = new_app()
     limited.config.update(BALDUR_TRUST_PROXY="1", BALDUR_RATE_LIMIT="1/minute")
