@@ -28,11 +28,16 @@ __all__ = ["async_face", "sync_face"]
 _CLOSED = State.CLOSED
 
 
-def _lane_or_call(protection: Protection) -> Lane | Call:
+def _lane_or_call(protection: Protection) -> Lane | Call | _web.WebCall:
     lane = protection.lane
-    if lane is not None and lane.state.state is _CLOSED and (
-            not _web.hooks_installed or _web.web_call.get() is None):
+    if lane is None or lane.state.state is not _CLOSED:
+        return Call(protection)
+    web = _web.web_call.get() if _web.hooks_installed else None
+    if web is None or web.entered:  # not a web request's view (a view's own calls come after it entered)
         return lane
+    if web.lane is lane:  # the request's view, admitted on the lane at the front
+        web.entered = True
+        return web
     return Call(protection)
 
 

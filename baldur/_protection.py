@@ -84,10 +84,14 @@ class Protection:
     def lane_failed(self, exc: BaseException) -> Outcome:
         """A call on the fast lane raised: record it as the full path would and say how it counts."""
         runtime = _runtime._current or _runtime.current()
-        plan = self.plan(runtime)
-        outcome = classify(exc, plan)
-        runtime.sync.finish(plan.plain_ticket, outcome)
+        outcome = classify(exc, self.plan(runtime))
+        self.lane_finished(outcome)
         return outcome
+
+    def lane_finished(self, outcome: Outcome) -> None:
+        """A call on the fast lane ended other than in a plain success: record it as the full path would."""
+        runtime = _runtime._current or _runtime.current()
+        runtime.sync.finish(self.plan(runtime).plain_ticket, outcome)
 
 
 def classify(exc: BaseException, plan: Plan) -> Outcome:

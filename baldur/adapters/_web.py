@@ -23,16 +23,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from baldur import _runtime
 from baldur.errors import RateLimited, Rejected
-from baldur.policies.breaker import Outcome
+from baldur.policies.breaker import Outcome, State
 from baldur.policies.rate_limit import RateDecision, RateLimit
 from baldur.stores._types import ExtraLimit, Plan, Ticket
 
 if TYPE_CHECKING:
-    from baldur._protection import Protection
+    from baldur._protection import Lane, Protection
 
 __all__ = ["EXEMPT", "PROTECTED_BY", "WebCall", "exempt", "hooks_installed", "install", "web_call"]
 
 V = TypeVar("V")
+_CLOSED = State.CLOSED
+_SUCCESS = Outcome.SUCCESS
+_FAILURE = Outcome.FAILURE
 #: Marks a view taken out of the per-client limit and shedding (``baldur.exempt``).
 EXEMPT = "__baldur_exempt__"
 #: Set by ``protected`` on the function it wrapped: registered as a view in place of the
@@ -69,6 +72,11 @@ class WebCall:
     front: Protection | None = None
     #: That admission's refusal, left for the view's fallback to answer.
     deferred: Rejected | None = None
+    #: The fast lane the view was admitted on (a closed breaker, nothing else to ask):
+    #: no ticket; the view's call is this object (see ``failed``, ``succeeded``).
+    lane: Lane | None = None
+    #: As a call on the lane, it never does I/O (like ``Lane``).
+    io = False
 
     # -- what an adapter answers ---------------------------------------------
 
@@ -109,8 +117,12 @@ class WebCall:
                 return None
             return RateLimited(extra.policy, decision.retry_after)
         plan = protection.plan(runtime)
-        client = self.client_key() if plan.rate_limit is not None else None
         self.front = protection
+        lane = protection.lane
+        if extra is None and lane is not None and lane.state.state is _CLOSED:
+            self.lane = lane
+            return None
+        client = self.client_key() if plan.rate_limit is not None else None
         try:
             ticket = runtime.sync.admit(plan, client, extra)
         except Rejected as exc:
@@ -142,6 +154,41 @@ class WebCall:
         """The view's call ended: ``error`` if it raised; ``outcome`` if it counts on its own
         (an exception, a slow call), else the adapter judges by the response."""
         self.outcome, self.error = outcome, error
+
+    # -- the view's call on the lane (what ``Call`` does for it, without a Call) --
+
+    def failed(self, exc: BaseException) -> bool:
+        """The view admitted on the lane raised ``exc``: ``True`` if its fallback may answer."""
+        assert self.front is not None
+        from baldur._protection import classify
+
+        outcome = classify(exc, self.front.plan(_runtime._current or _runtime.current()))
+        self.ended(outcome, exc)
+        return outcome is _FAILURE
+
+    def succeeded(self, result: object) -> None:
+        self.returned(result)
+
+    # -- what the adapter calls when the response has been sent --------------
+
+    def record(self, outcome: Outcome) -> None:
+        """Record the view's ``outcome`` (the adapter judged it by the response): through
+        the lane, or the ticket of its admission (then the next request may take the lane)."""
+        lane = self.lane
+        if lane is not None:
+            if outcome is _SUCCESS:
+                lane.succeed(lane.state)
+            elif outcome is _FAILURE:
+                lane.protection.lane_finished(outcome)
+            return
+        ticket = self.ticket
+        if ticket is None:
+            return
+        runtime = _runtime._current or _runtime.current()
+        runtime.sync.finish(ticket, outcome)
+        front = self.front
+        if front is not None and outcome is _SUCCESS:
+            front.refresh_lane(runtime, front.plan(runtime))
 
 
 web_call: ContextVar[WebCall | None] = ContextVar("baldur_web_call", default=None)

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextvars import Token
 from typing import Any
 
-from flask import Flask, Request, Response, current_app, has_request_context, request
+from flask import Flask, Request, Response, after_this_request, current_app, has_request_context, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import ClosingIterator
 
@@ -248,12 +248,12 @@ def init_flask(
     app.extensions[_EXTENSION] = options
     _web.install()
     app.wsgi_app = _Middleware(app, app.wsgi_app, options)  # type: ignore[method-assign]
-    # First of all request hooks, before the app's own (registered before or after this call).
-    app.before_request_funcs.setdefault(None, []).insert(0, functools.partial(_admit_first, options))
+    # Before all request hooks, the app's own (registered before or after this call); wrapping
+    # Flask's step rather than adding a hook spares every request Flask's per-hook checks.
+    app.preprocess_request = _admitting_first(app.preprocess_request, options)  # type: ignore[method-assign]
     if options.idempotency != "off":
         # After every before_request hook (the app's auth), as the view is dispatched.
         app.dispatch_request = _dispatching(app.dispatch_request, options)  # type: ignore[method-assign]
-        app.after_request(lambda response: _idempotency_complete(options, response))
     for error in (Rejected, CallTimeout, StoreUnavailable, IdempotencyMismatch):
         app.register_error_handler(error, _answer_error)
     return runtime
@@ -324,7 +324,8 @@ class _Middleware:
             state.status = 500
             _settle(state, options)
             raise
-        if state.status and not state.streamed and (state.ticket is not None or options.process_ceiling is None):
+        if state.status and not state.streamed and (state.ticket is not None or state.lane is not None
+                                                   or options.process_ceiling is None):
             # The view is done and the status known (a buffered body, a file): settle now,
             # and hand the body on untouched (a file keeps the server's zero-copy path).
             _settle(state, options)
@@ -392,9 +393,8 @@ def _settle(state: _Request, options: _Options) -> None:
         claim, state.idempotency_claim = state.idempotency_claim, None
         claim.abort()
     try:
-        if state.ticket is not None:
-            runtime = _runtime._current or _runtime.current()
-            runtime.sync.finish(state.ticket, _outcome(state))
+        if state.ticket is not None or state.lane is not None:
+            state.record(_outcome(state))
     finally:
         if state.token is not None:
             try:
@@ -463,8 +463,19 @@ def _exempt_route(app: Flask, options: _Options, environ: dict[str, Any]) -> boo
     return _is_exempt(options, str(endpoint), app.view_functions.get(str(endpoint)), lambda: blueprints)
 
 
+def _admitting_first(preprocess: Callable[[], Response | None], options: _Options) -> Callable[[], Response | None]:
+    """``app.preprocess_request``, admitting the request before any of the app's hooks."""
+
+    @functools.wraps(preprocess)
+    def preprocess_request() -> Response | None:
+        answer = _admit_first(options)
+        return preprocess() if answer is None else answer
+
+    return preprocess_request
+
+
 def _admit_first(options: _Options) -> Response | None:
-    """The first before_request hook: the per-client rate limit and, for a protected view,
+    """Before every request hook: the per-client rate limit and, for a protected view,
     its admission, in one store step, before the app's hooks and any decorator around the
     view can answer. Unmatched routes spend nothing."""
     req: Request = request._get_current_object()  # type: ignore[attr-defined]
@@ -604,7 +615,11 @@ def _idempotency_begin(options: _Options) -> Response | None:
         if not decision.allowed:
             claim.abort()
             return _answer_error(RateLimited("idempotency-records", decision.retry_after))
-    state.idempotency_claim = claim if claim.held else None
+    if claim.held:
+        state.idempotency_claim = claim
+        # Stored as the view (or its error handler) answered; the app's after_request
+        # functions run after, on the replay as on any response.
+        after_this_request(functools.partial(_idempotency_complete, options))
     return None
 
 
