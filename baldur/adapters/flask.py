@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import Token
-from typing import Any
+from typing import Any, cast
 
 from flask import Flask, Request, Response, after_this_request, current_app, has_request_context, request
 from werkzeug.exceptions import HTTPException
@@ -79,32 +79,47 @@ _logger = logging.getLogger("baldur.idempotency")
 _APP_CONFIG_KEYS = tuple(f"BALDUR_{name.upper()}" for name in (
     "rate_limit", "max_concurrency", "trust_proxy", "idempotency", "max_queue_ms"))
 _flask_logger = logging.getLogger("baldur.flask")
+_SUCCESS, _FAILURE, _IGNORED = Outcome.SUCCESS, Outcome.FAILURE, Outcome.IGNORED
+_NORMAL = Priority.NORMAL
 
 
 class _InFlight:
-    """This process's requests in flight, against the explicit ceiling and the adaptive limit."""
+    """This process's requests in flight, against the explicit ceiling and the adaptive limit.
+
+    The requests running are a set: adding and discarding are atomic, so without an
+    explicit ceiling a request takes no lock. The adaptive limit may then be passed by
+    the few threads that check it at the same instant, which it tolerates (it moves by
+    small steps and is not a promise); an explicit ceiling is a promise, kept under a lock.
+    The policy's averages are updated without a lock too: two threads finishing at once
+    may lose one latency sample, nothing else.
+    """
 
     def __init__(self, limit: int | None) -> None:
         self.limit = limit
-        self.count = 0
+        self.running: set[object] = set()
         self.adaptive = AdaptiveLimit()
-        self._lock = threading.Lock()
+        self._ceiling = threading.Lock()
 
-    def enter(self, priority: Priority) -> bool:
-        with self._lock:
-            if not admits(self.count, self.limit) or not self.adaptive.admits(self.count, priority):
+    def enter(self, request: object, priority: Priority) -> bool:
+        if self.limit is None:
+            if not self.adaptive.admits(len(self.running), priority):
                 return False
-            self.count += 1
+            self.running.add(request)
+            return True
+        with self._ceiling:
+            running = len(self.running)
+            if not admits(running, self.limit) or not self.adaptive.admits(running, priority):
+                return False
+            self.running.add(request)
             return True
 
-    def leave(self, latency: float) -> None:
-        with self._lock:
-            self.adaptive.observe(latency, self.count)
-            self.count -= 1
+    def leave(self, request: object, latency: float) -> None:
+        running = len(self.running)
+        self.running.discard(request)
+        self.adaptive.observe(latency, running)
 
     def retry_after(self) -> float:
-        with self._lock:
-            return self.adaptive.retry_after()
+        return self.adaptive.retry_after()
 
 
 class _QueueShedder:
@@ -137,9 +152,10 @@ class _Request(WebCall):
     #: The view's body is produced while it is sent (a generator): settle after sending.
     streamed = False
 
-    def __init__(self, app: Flask, options: _Options) -> None:
+    def __init__(self, app: Flask, options: _Options, method: str) -> None:
         self.app = app
         self.options = options
+        self.method = method
 
     def returned(self, result: Any) -> None:
         response = result[0] if type(result) is tuple and result else result
@@ -292,7 +308,7 @@ class _Middleware:
         if self.config_at_init is not None:
             self._warn_late_config()
         options = self.options
-        priority = self.priority(environ)
+        priority = _NORMAL if self.prioritised is False else self.priority(environ)
         started = environ.get("HTTP_X_REQUEST_START")
         if started is not None:
             now = time.time()
@@ -302,8 +318,8 @@ class _Middleware:
                 if not runs and not _exempt_route(self.app, options, environ):
                     _log.emit("backpressure.shed", "queue", waited_ms=round(waited * 1000))
                     return _shed(environ, start_response, retry_after)
-        state = _Request(self.app, options)
-        if options.in_flight.enter(priority):
+        state = _Request(self.app, options, environ.get("REQUEST_METHOD", ""))
+        if options.in_flight.enter(state, priority):
             state.in_flight = True
             state.admitted_at = time.monotonic()
         elif not _exempt_route(self.app, options, environ):
@@ -402,7 +418,7 @@ def _settle(state: _Request, options: _Options) -> None:
             except ValueError:  # settled in another context than the one it was set in
                 web_call.set(None)
         if state.in_flight:
-            options.in_flight.leave(time.monotonic() - state.admitted_at)
+            options.in_flight.leave(state, time.monotonic() - state.admitted_at)
 
 
 def _respond(answer: tuple[int, dict[str, str], bytes]) -> Response:
@@ -463,11 +479,11 @@ def _exempt_route(app: Flask, options: _Options, environ: dict[str, Any]) -> boo
     return _is_exempt(options, str(endpoint), app.view_functions.get(str(endpoint)), lambda: blueprints)
 
 
-def _admitting_first(preprocess: Callable[[], Response | None], options: _Options) -> Callable[[], Response | None]:
+def _admitting_first(preprocess: Callable[[], Any], options: _Options) -> Callable[[], Any]:
     """``app.preprocess_request``, admitting the request before any of the app's hooks."""
 
     @functools.wraps(preprocess)
-    def preprocess_request() -> Response | None:
+    def preprocess_request() -> Any:
         answer = _admit_first(options)
         return preprocess() if answer is None else answer
 
@@ -561,7 +577,8 @@ def _dispatching(dispatch: Callable[[], Any], options: _Options) -> Callable[[],
 
     @functools.wraps(dispatch)
     def dispatch_request() -> Any:
-        if request.method not in _IDEMPOTENT_METHODS:
+        state = web_call.get()  # (cheaper than the request proxy, on every request)
+        if state is None or cast(_Request, state).method not in _IDEMPOTENT_METHODS:
             return dispatch()
         answer = _idempotency_begin(options)
         return dispatch() if answer is None else answer
@@ -699,18 +716,18 @@ def _in_hand(response: Response) -> bool:
 def _outcome(state: _Request) -> Outcome:
     """How the view's call ends for its breaker: an exception or a 5xx fails, a 4xx does not."""
     if state.rejected:
-        return Outcome.IGNORED  # Baldur refused a call inside the view (a fallback answered)
+        return _IGNORED  # Baldur refused a call inside the view (a fallback answered)
     if state.front is not None and not state.entered:
-        return Outcome.IGNORED  # admitted at the front, then answered by a hook or decorator of the app
+        return _IGNORED  # admitted at the front, then answered by a hook or decorator of the app
     error = state.error
     if isinstance(error, Rejected):
-        return Outcome.IGNORED  # a protected call inside the view was refused (answered by a fallback)
+        return _IGNORED  # a protected call inside the view was refused (answered by a fallback)
     if isinstance(error, HTTPException):
-        return Outcome.FAILURE if (error.code or 500) >= 500 else Outcome.SUCCESS
-    if state.outcome is Outcome.IGNORED:
-        return Outcome.IGNORED  # an exception the breaker was told to ignore
+        return _FAILURE if (error.code or 500) >= 500 else _SUCCESS
+    if state.outcome is _IGNORED:
+        return _IGNORED  # an exception the breaker was told to ignore
     if state.status >= 500:
-        return Outcome.FAILURE
-    if state.outcome is Outcome.FAILURE and state.status < 400:
-        return Outcome.FAILURE  # a fallback answered for a failed call, or a slow call
-    return Outcome.SUCCESS
+        return _FAILURE
+    if state.outcome is _FAILURE and state.status < 400:
+        return _FAILURE  # a fallback answered for a failed call, or a slow call
+    return _SUCCESS

@@ -52,6 +52,8 @@ def parse_priority(value: object, setting: str = "priority") -> Priority:
     raise ConfigError(setting, value, 'priority="critical"', "one of critical, normal, sheddable")
 
 
+_NORMAL, _CRITICAL = Priority.NORMAL, Priority.CRITICAL
+
 #: The longest Retry-After a shed request is told: past it, a client is better off failing over.
 MAX_RETRY_AFTER = 30.0
 
@@ -139,33 +141,35 @@ class AdaptiveLimit:
 
     def observe(self, latency: float, in_flight: int) -> None:
         """Record one finished request's latency, taken with ``in_flight`` requests running."""
-        if not math.isfinite(latency) or latency < 0:
+        if not 0.0 <= latency < math.inf:  # (a NaN fails this too)
             return
         self.samples += 1
         if self.samples == 1:
             self.short_latency = self.long_latency = latency
             return
-        self.short_latency += self.short_weight * (latency - self.short_latency)
+        short = self.short_latency = self.short_latency + self.short_weight * (latency - self.short_latency)
         # Under overload the usual latency follows only slowly, so that a sustained
         # overload does not become the new normal (Gradient2's drift).
-        settled = self.short_latency <= self.tolerance * self.long_latency
-        weight = self.long_weight if settled else self.long_weight / 10
-        self.long_latency += weight * (latency - self.long_latency)
-        if self.samples < self.warmup or self.short_latency <= 0:
+        usual = self.long_latency
+        weight = self.long_weight if short <= self.tolerance * usual else self.long_weight / 10
+        usual = self.long_latency = usual + weight * (latency - usual)
+        if self.samples < self.warmup or short <= 0:
             return
-        gradient = max(0.5, min(1.0, self.tolerance * self.long_latency / self.short_latency))
-        if gradient >= 1.0 and in_flight < self.limit / 2:
+        ratio = self.tolerance * usual / short
+        if ratio >= 1.0 and in_flight < self.limit / 2:
             return  # the app does not use its limit: no evidence it could take more
+        gradient = 0.5 if ratio < 0.5 else min(ratio, 1.0)
         headroom = math.sqrt(self.limit)
         wanted = self.limit * gradient + headroom
         self.limit = min(self.max_limit, max(self.min_limit, 0.8 * self.limit + 0.2 * wanted))
 
     def admits(self, in_flight: int, priority: Priority = Priority.NORMAL) -> bool:
-        """One more request may start while ``in_flight`` run."""
-        if priority is Priority.CRITICAL:
+        """One more request may start while ``in_flight`` run (every request asks: kept lean)."""
+        if priority is _NORMAL:
+            return in_flight < self.limit
+        if priority is _CRITICAL:
             return True
-        limit = self.limit / 2 if priority is Priority.SHEDDABLE else self.limit
-        return in_flight < max(1.0, limit)
+        return in_flight < self.limit / 2
 
     def retry_after(self) -> float:
         """Seconds a shed client should wait: about the time the running requests take to drain."""

@@ -57,6 +57,29 @@ def test_an_exception_or_a_5xx_is_a_failure(kind: str, body: Callable[[], Any], 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(
     ("body", "status"),
+    [(_raise, 500), (lambda: ("server error", 500), 500), (lambda: abort(503), 503)],
+    ids=["raises", "returns-500", "abort-503"],
+)
+def test_a_view_on_the_fast_lane_counts_its_failures_too(kind: str, body: Callable[[], Any], status: int) -> None:
+    """After a success the view is admitted on the fast lane (no store step): its failures
+    still reach the breaker when the response is sent."""
+    failing = False
+
+    def view() -> Any:
+        return body() if failing else "ok"
+
+    app = _app_with(kind, view)
+    assert _statuses(app, 3) == [200, 200, 200]
+    protection = app.view_functions["/v"].__baldur__
+    assert protection.lane is not None
+    failing = True
+    assert _statuses(app, 3) == [status, status, 503]
+    assert baldur.breaker("v").state == "open"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    ("body", "status"),
     [
         (lambda: ("missing", 404), 404),
         (lambda: abort(404), 404),

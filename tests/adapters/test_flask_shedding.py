@@ -7,14 +7,16 @@ then on every sheddable one is refused and no critical one ever is.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 from _flask_support import DEADLINE, KINDS, add_view, new_app
 
 import baldur
-from baldur.adapters.flask import init_flask
+from baldur.adapters.flask import _InFlight, init_flask
 from baldur.errors import ConfigError
+from baldur.policies.shedding import Priority
 
 
 def _stamp(ago: float) -> dict[str, str]:
@@ -53,3 +55,31 @@ def test_a_request_past_the_ceiling_is_shed_even_when_critical() -> None:
 def test_an_unknown_priority_is_a_config_error_naming_the_view() -> None:
     with pytest.raises(ConfigError, match=r"protected\('x', priority=\.\.\.\)='urgent' .*priority=\"critical\""):
         baldur.protected("x", priority="urgent")
+
+
+@pytest.mark.parametrize("ceiling", [None, 3])
+def test_the_in_flight_count_is_exact_across_threads(ceiling: int | None) -> None:
+    """Many threads entering and leaving at once: the count comes back to zero, and an
+    explicit ceiling is never passed (the adaptive limit alone takes no lock)."""
+    in_flight = _InFlight(ceiling)
+    most = 0
+    guard = threading.Lock()
+
+    def worker() -> None:
+        nonlocal most
+        for _ in range(2000):
+            request = object()
+            if in_flight.enter(request, Priority.NORMAL):
+                with guard:
+                    most = max(most, len(in_flight.running))
+                in_flight.leave(request, 0.001)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert in_flight.running == set()
+    assert most >= 1
+    if ceiling is not None:
+        assert most <= ceiling
