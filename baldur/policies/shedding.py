@@ -58,7 +58,7 @@ _NORMAL, _CRITICAL = Priority.NORMAL, Priority.CRITICAL
 MAX_RETRY_AFTER = 30.0
 
 
-@dataclass
+@dataclass(slots=True)
 class QueueDelay:
     """CoDel on the queue delay a proxy stamps; ``ceiling`` is ``BALDUR_MAX_QUEUE_MS`` (always applies).
 
@@ -122,7 +122,7 @@ class QueueDelay:
         return min(MAX_RETRY_AFTER, max(1.0, 2 * lasted))
 
 
-@dataclass
+@dataclass(slots=True)
 class AdaptiveLimit:
     """A per-process in-flight limit from observed latency (Gradient2, simplified)."""
 
