@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import Token
+from http import HTTPStatus
 from typing import Any, cast
 
 from flask import Flask, Request, Response, after_this_request, current_app, has_request_context, request
@@ -288,6 +289,8 @@ class _Middleware:
         self.queue = _QueueShedder(options.max_queue)
         #: Whether any view has a priority other than normal (then each request is routed to find its own).
         self.prioritised: bool | None = None
+        #: Whether any route is exempt from shedding (then a request about to be shed is routed first).
+        self.any_exempt: bool | None = None
         #: ``app.config``'s Baldur keys as ``init_flask`` read them, until the first request compares.
         self.config_at_init: dict[str, Any] | None = _baldur_config(app)
 
@@ -304,6 +307,14 @@ class _Middleware:
         view = self.app.view_functions.get(endpoint) if isinstance(endpoint, str) else None
         return getattr(view, "__baldur_priority__", Priority.NORMAL)
 
+    def exempt_route(self, environ: dict[str, Any]) -> bool:
+        """The request about to be shed goes to an exempt view (an app with none matches nothing:
+        a shed request must cost as little as it can, or the 503s eat the capacity they protect)."""
+        if self.any_exempt is None:
+            self.any_exempt = bool(self.options.exempt) or any(
+                getattr(view, _EXEMPT, False) for view in self.app.view_functions.values())
+        return self.any_exempt and _exempt_route(self.app, self.options, environ)
+
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if self.config_at_init is not None:
             self._warn_late_config()
@@ -315,14 +326,14 @@ class _Middleware:
             waited = queue_seconds(started, now)
             if waited is not None:
                 runs, retry_after = self.queue.admits(now, waited, options.in_flight.adaptive.long_latency, priority)
-                if not runs and not _exempt_route(self.app, options, environ):
+                if not runs and not self.exempt_route(environ):
                     _log.emit("backpressure.shed", "queue", waited_ms=round(waited * 1000))
                     return _shed(environ, start_response, retry_after)
         state = _Request(self.app, options, environ.get("REQUEST_METHOD", ""))
         if options.in_flight.enter(state, priority):
             state.in_flight = True
             state.admitted_at = time.monotonic()
-        elif not _exempt_route(self.app, options, environ):
+        elif not self.exempt_route(environ):
             _log.emit("backpressure.shed", "in_flight", limit=options.process_ceiling)
             return _shed(environ, start_response, options.in_flight.retry_after())
         environ[_STATE] = state
@@ -396,9 +407,11 @@ class _Settling:
 
 
 def _shed(environ: dict[str, Any], start_response: Callable[..., Any], retry_after: float) -> Iterable[bytes]:
+    # Straight to WSGI, without a Response object: under overload every 503 spends capacity.
     status, headers, body = problem(Overloaded("server", retry_after), environ.get("PATH_INFO"))
-    response = Response(body, status=status, headers=headers)
-    return response(environ, start_response)
+    start_response(f"{status} {HTTPStatus(status).phrase}",
+                   [*headers.items(), ("Content-Length", str(len(body)))])
+    return [body]
 
 
 def _settle(state: _Request, options: _Options) -> None:
