@@ -804,6 +804,14 @@ class RedisStore:
         """The mirror is subscribed and in use: closed breakers are admitted without a round trip."""
         return self._listening and not self.down
 
+    def mirrored(self, name: str) -> str | None:
+        """The state this process's mirror holds for breaker ``name`` (``None``: unknown, or the mirror
+        is not in use; then a call asks Redis)."""
+        if not self.mirroring:
+            return None
+        record = self._mirror.get(self._mirror_keys.get(name) or self._mirror_key(name))
+        return None if record is None else record[0]
+
     def _mirror_key(self, name: str) -> str:
         if len(self._mirror_keys) >= MIRROR_MAX_BREAKERS:
             self._mirror_keys.clear()
