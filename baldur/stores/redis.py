@@ -77,6 +77,7 @@ try:
     import redis.asyncio as aioredis
     from redis.asyncio.retry import Retry as RedisRetry
     from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import NoScriptError, RedisError
 except ImportError as exc:
     # Until Baldur is published, the registry's baldur-framework is another project: name what works.
@@ -128,6 +129,16 @@ class _Script:
         self.name = name
         self.text = _script(name)
         self.sha = hashlib.sha1(self.text.encode()).hexdigest()
+        self._head = b"$7\r\nEVALSHA\r\n$40\r\n" + self.sha.encode() + b"\r\n"
+
+    def packed(self, keys: Sequence[str], args: Sequence[Any]) -> bytes:
+        """The EVALSHA command in RESP, packed here: the part that never changes is packed once."""
+        count = b"%d" % len(keys)
+        parts = [b"*%d\r\n" % (len(keys) + len(args) + 3), self._head, b"$%d\r\n%s\r\n" % (len(count), count)]
+        for item in (*keys, *args):
+            data = item.encode() if isinstance(item, str) else repr(item).encode()
+            parts += (b"$%d\r\n" % len(data), data, b"\r\n")
+        return b"".join(parts)
 
 
 class _RedisDown(Exception):
@@ -192,6 +203,10 @@ class RedisStore:
         # loop → (connection epoch, client): a client of an older epoch is renewed on next use.
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[int, aioredis.Redis]] = (
             weakref.WeakKeyDictionary())
+        # loop → (connection epoch, connection): a sync caller's loop sends scripts on one
+        # connection of its own (it runs one operation at a time), with no pool in between.
+        self._connections: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[int, aioredis.Connection]] = weakref.WeakKeyDictionary()
         self._epoch = 0
         self._lock = threading.Lock()
         self._pending: dict[str, list[Any]] = {}  # breaker key → [plan, successes, first deferred at]
@@ -634,8 +649,10 @@ class RedisStore:
         if loop is None or not is_home_loop(loop):
             return await self._hop(name, keys, args, loop)
         script = self._scripts[name]
-        cold = self._clients.get(loop) is None or self._clients[loop][0] != self._epoch
-        client = self._client()
+        # The background loop runs many operations at once: they share its client's pool.
+        own = loop is not background.loop
+        held = self._connections.get(loop) if own else self._clients.get(loop)
+        cold = held is None or held[0] != self._epoch
         try:
             # A loop's first connection (connect, handshake, the first use of the parser on a
             # busy machine) is warm-up, not an answer: it may take COLD_BUDGET_SECONDS, once per
@@ -644,18 +661,69 @@ class RedisStore:
             async with asyncio.timeout(None) as scope:
                 deadline = _Deadline(scope, budget)
                 try:
-                    reply = await client.evalsha(script.sha, len(keys), *keys, *args)
-                except NoScriptError:
-                    await client.script_load(script.text)
-                    reply = await client.evalsha(script.sha, len(keys), *keys, *args)
+                    if own:
+                        reply = await self._evalsha_own(loop, script, keys, args)
+                    else:
+                        client = self._client()
+                        try:
+                            reply = await client.evalsha(script.sha, len(keys), *keys, *args)
+                        except NoScriptError:
+                            await client.script_load(script.text)
+                            reply = await client.evalsha(script.sha, len(keys), *keys, *args)
                 finally:
                     deadline.cancel()
         except (RedisError, OSError, TimeoutError) as exc:
+            if own:
+                self._drop_connection(loop)
             self._failed(exc)
             raise _RedisDown(str(exc)) from exc
+        except BaseException:
+            if own:
+                self._drop_connection(loop)  # it may hold an answer no one will read
+            raise
         if self._late:
             self._late = 0
         return reply
+
+    async def _evalsha_own(self, loop: asyncio.AbstractEventLoop, script: _Script, keys: Sequence[str],
+                           args: Sequence[Any]) -> Any:
+        """One script on this loop's own connection: the command packed here, written, its answer read."""
+        held = self._connections.get(loop)
+        if held is None or held[0] != self._epoch:
+            if held is not None:  # made before the last recovery: it may be dead
+                self._drop_connection(loop)
+            connection = self._client().connection_pool.make_connection()  # type: ignore[no-untyped-call]
+            self._connections[loop] = (self._epoch, connection)
+            kept = False
+        else:
+            connection, kept = held[1], True
+        packed = script.packed(keys, args)
+        loaded = False
+        while True:
+            try:
+                await connection.send_packed_command(packed, check_health=False)
+                return await connection.read_response()
+            except NoScriptError:
+                if loaded:
+                    raise
+                loaded = True
+                await connection.send_packed_command(connection.pack_command("SCRIPT", "LOAD", script.text),
+                                                     check_health=False)
+                await connection.read_response()
+            except (RedisConnectionError, OSError):
+                if not kept:
+                    raise
+                # A kept connection found broken (Redis restarted, an idle timeout): replaced once,
+                # inside the budget, before anything counts as down.
+                kept = False
+                await connection.disconnect(nowait=True)
+
+    def _drop_connection(self, loop: asyncio.AbstractEventLoop) -> None:
+        held = self._connections.pop(loop, None)
+        if held is not None:
+            closing = loop.create_task(held[1].disconnect(nowait=True))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
 
     async def _hop(self, name: str, keys: Sequence[str], args: Sequence[Any],
                    loop: asyncio.AbstractEventLoop | None) -> Any:
@@ -779,9 +847,10 @@ class RedisStore:
         # The parent's clients stay referenced for good: if one were collected here while a loop
         # of ours runs, redis-py would close its connection through the parent's loop, whose
         # epoll instance the child shares, and unregister the parent's socket from it.
-        _inherited.append((self._clients, self._closing))
+        _inherited.append((self._clients, self._connections, self._closing))
         self._lock = threading.Lock()
         self._clients = weakref.WeakKeyDictionary()
+        self._connections = weakref.WeakKeyDictionary()
         self._pending = {}
         self._leases = {}
         self._flusher = self._prober = self._renewer = False
