@@ -205,8 +205,10 @@ class RedisStore:
             weakref.WeakKeyDictionary())
         # loop → (connection epoch, connection): a sync caller's loop sends scripts on one
         # connection of its own (it runs one operation at a time), with no pool in between.
+        # ``None``: the loop's connection of this epoch was dropped (a late answer); its next
+        # one is a replacement, not warm-up (see ``_run``).
         self._connections: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, tuple[int, aioredis.Connection]] = weakref.WeakKeyDictionary()
+            asyncio.AbstractEventLoop, tuple[int, aioredis.Connection | None]] = weakref.WeakKeyDictionary()
         self._epoch = 0
         self._lock = threading.Lock()
         self._pending: dict[str, list[Any]] = {}  # breaker key → [plan, successes, first deferred at]
@@ -689,7 +691,7 @@ class RedisStore:
                            args: Sequence[Any]) -> Any:
         """One script on this loop's own connection: the command packed here, written, its answer read."""
         held = self._connections.get(loop)
-        if held is None or held[0] != self._epoch:
+        if held is None or held[0] != self._epoch or held[1] is None:
             if held is not None:  # made before the last recovery: it may be dead
                 self._drop_connection(loop)
             connection = self._client().connection_pool.make_connection()  # type: ignore[no-untyped-call]
@@ -719,8 +721,9 @@ class RedisStore:
                 await connection.disconnect(nowait=True)
 
     def _drop_connection(self, loop: asyncio.AbstractEventLoop) -> None:
-        held = self._connections.pop(loop, None)
-        if held is not None:
+        held = self._connections.get(loop)
+        if held is not None and held[1] is not None:
+            self._connections[loop] = (held[0], None)
             closing = loop.create_task(held[1].disconnect(nowait=True))
             self._closing.add(closing)
             closing.add_done_callback(self._closing.discard)
