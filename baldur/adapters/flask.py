@@ -27,7 +27,6 @@ import inspect
 import json
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import Token
@@ -50,6 +49,7 @@ from baldur.adapters._http import (
     queue_seconds,
     ratelimit_headers,
 )
+from baldur.adapters._shedding import _InFlight, _QueueShedder
 from baldur.adapters._web import EXEMPT as _EXEMPT
 from baldur.adapters._web import PROTECTED_BY, WebCall, web_call
 from baldur.errors import (
@@ -63,10 +63,9 @@ from baldur.errors import (
     StoreUnavailable,
 )
 from baldur.policies.breaker import Outcome
-from baldur.policies.concurrency import admits
 from baldur.policies.idempotency import Verdict
 from baldur.policies.rate_limit import RateDecision, RateLimit
-from baldur.policies.shedding import AdaptiveLimit, Priority, QueueDelay
+from baldur.policies.shedding import Priority
 from baldur.stores._types import ExtraLimit
 
 __all__ = ["init_flask"]
@@ -81,60 +80,6 @@ _APP_CONFIG_KEYS = tuple(f"BALDUR_{name.upper()}" for name in (
 _flask_logger = logging.getLogger("baldur.flask")
 _SUCCESS, _FAILURE, _IGNORED = Outcome.SUCCESS, Outcome.FAILURE, Outcome.IGNORED
 _NORMAL = Priority.NORMAL
-
-
-class _InFlight:
-    """This process's requests in flight, against the explicit ceiling and the adaptive limit.
-
-    The requests running are a set: adding and discarding are atomic, so without an
-    explicit ceiling a request takes no lock. The adaptive limit may then be passed by
-    the few threads that check it at the same instant, which it tolerates (it moves by
-    small steps and is not a promise); an explicit ceiling is a promise, kept under a lock.
-    The policy's averages are updated without a lock too: two threads finishing at once
-    may lose one latency sample, nothing else.
-    """
-
-    def __init__(self, limit: int | None) -> None:
-        self.limit = limit
-        self.running: set[object] = set()
-        self.adaptive = AdaptiveLimit()
-        self._ceiling = threading.Lock()
-
-    def enter(self, request: object, priority: Priority) -> bool:
-        if self.limit is None:
-            if not self.adaptive.admits(len(self.running), priority):
-                return False
-            self.running.add(request)
-            return True
-        with self._ceiling:
-            running = len(self.running)
-            if not admits(running, self.limit) or not self.adaptive.admits(running, priority):
-                return False
-            self.running.add(request)
-            return True
-
-    def leave(self, request: object, latency: float) -> None:
-        running = len(self.running)
-        self.running.discard(request)
-        self.adaptive.observe(latency, running)
-
-    def retry_after(self) -> float:
-        return self.adaptive.retry_after()
-
-
-class _QueueShedder:
-    """CoDel on ``X-Request-Start`` queue delay, shared by this process's threads."""
-
-    def __init__(self, ceiling: float | None) -> None:
-        self.policy = QueueDelay(ceiling=ceiling)
-        self._lock = threading.Lock()
-
-    def admits(self, now: float, waited: float, service_time: float, priority: Priority) -> tuple[bool, float]:
-        """Whether a request that waited ``waited`` runs, and the Retry-After if it does not."""
-        with self._lock:
-            if self.policy.admits(now, waited, priority, service_time):
-                return True, 0.0
-            return False, self.policy.retry_after(now)
 
 
 class _Request(WebCall):
