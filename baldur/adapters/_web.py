@@ -111,35 +111,67 @@ class WebCall:
         if protection is None:
             if extra is None:
                 return None
-            decision = runtime.sync.rate(extra.key, extra.limit)
-            self.add_policy(extra.policy, extra.limit, decision)
-            if decision.allowed:
-                return None
-            return RateLimited(extra.policy, decision.retry_after)
+            return self._front_rated(extra, runtime.sync.rate(extra.key, extra.limit))
         plan = protection.plan(runtime)
+        if self._front_lane(protection, extra):
+            return None
+        try:
+            ticket = runtime.sync.admit(plan, self.client_key() if plan.rate_limit is not None else None, extra)
+        except Rejected as exc:
+            return self._front_refused(exc, extra, has_fallback)
+        self._front_admitted(ticket, plan, extra)
+        return None
+
+    async def admit_front_async(self, protection: Protection | None, extra: ExtraLimit | None,
+                                has_fallback: bool) -> Rejected | None:
+        """``admit_front`` for an adapter on an event loop: the store's async face."""
+        runtime = _runtime._current or _runtime.current()
+        if protection is None:
+            if extra is None:
+                return None
+            return self._front_rated(extra, await runtime.async_.rate(extra.key, extra.limit))
+        plan = protection.plan(runtime)
+        if self._front_lane(protection, extra):
+            return None
+        try:
+            ticket = await runtime.async_.admit(plan, self.client_key() if plan.rate_limit is not None else None,
+                                                extra)
+        except Rejected as exc:
+            return self._front_refused(exc, extra, has_fallback)
+        self._front_admitted(ticket, plan, extra)
+        return None
+
+    def _front_rated(self, extra: ExtraLimit, decision: RateDecision) -> Rejected | None:
+        self.add_policy(extra.policy, extra.limit, decision)
+        if decision.allowed:
+            return None
+        return RateLimited(extra.policy, decision.retry_after)
+
+    def _front_lane(self, protection: Protection, extra: ExtraLimit | None) -> bool:
+        """The view is admitted at the front; ``True`` when on the fast lane (nothing to ask the store)."""
         self.front = protection
         lane = protection.lane
         if extra is None and lane is not None and lane.state.state is _CLOSED:
             self.lane = lane
+            return True
+        return False
+
+    def _front_refused(self, exc: Rejected, extra: ExtraLimit | None, has_fallback: bool) -> Rejected | None:
+        self.rejected = True
+        if exc.extra_rate is not None and extra is not None:
+            self.add_policy(extra.policy, extra.limit, exc.extra_rate)
+        by_adapter = extra is not None and isinstance(exc, RateLimited) and exc.limit is extra.limit
+        if has_fallback and not by_adapter:
+            self.deferred = exc
             return None
-        client = self.client_key() if plan.rate_limit is not None else None
-        try:
-            ticket = runtime.sync.admit(plan, client, extra)
-        except Rejected as exc:
-            self.rejected = True
-            if exc.extra_rate is not None and extra is not None:
-                self.add_policy(extra.policy, extra.limit, exc.extra_rate)
-            by_adapter = extra is not None and isinstance(exc, RateLimited) and exc.limit is extra.limit
-            if has_fallback and not by_adapter:
-                self.deferred = exc
-                return None
-            return exc
+        return exc
+
+    def _front_admitted(self, ticket: Ticket, plan: Plan, extra: ExtraLimit | None) -> None:
         self.ticket = ticket
         if ticket.extra_rate is not None and extra is not None:
             self.add_policy(extra.policy, extra.limit, ticket.extra_rate)
         if ticket.rate is not None and plan.rate_limit is not None:
             self.add_policy(plan.name, plan.rate_limit, ticket.rate)
-        return None
 
     def refused(self, exc: Rejected) -> None:
         """The view's admission (made by its ``Call``, not at the front) was refused."""
@@ -186,6 +218,18 @@ class WebCall:
             return
         runtime = _runtime._current or _runtime.current()
         runtime.sync.finish(ticket, outcome)
+        front = self.front
+        if front is not None and outcome is _SUCCESS:
+            front.refresh_lane(runtime, front.plan(runtime))
+
+    async def record_async(self, outcome: Outcome) -> None:
+        """``record`` for an adapter on an event loop: the store's async face."""
+        ticket = self.ticket
+        if self.lane is not None or ticket is None:
+            self.record(outcome)  # the lane, or nothing to record: no I/O
+            return
+        runtime = _runtime._current or _runtime.current()
+        await runtime.async_.finish(ticket, outcome)
         front = self.front
         if front is not None and outcome is _SUCCESS:
             front.refresh_lane(runtime, front.plan(runtime))
