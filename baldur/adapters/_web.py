@@ -36,6 +36,7 @@ V = TypeVar("V")
 _CLOSED = State.CLOSED
 _SUCCESS = Outcome.SUCCESS
 _FAILURE = Outcome.FAILURE
+_IGNORED = Outcome.IGNORED
 #: Marks a view taken out of the per-client limit and shedding (``baldur.exempt``).
 EXEMPT = "__baldur_exempt__"
 #: Set by ``protected`` on the function it wrapped: registered as a view in place of the
@@ -202,6 +203,24 @@ class WebCall:
         self.returned(result)
 
     # -- what the adapter calls when the response has been sent --------------
+
+    def judged(self, status: int) -> Outcome:
+        """How the view's call ends for its breaker, by the response's ``status``: an
+        exception or a 5xx fails, a 4xx does not; Baldur's refusals and a view that never
+        began are no outcome."""
+        if self.rejected:
+            return _IGNORED  # Baldur refused a call inside the view (a fallback answered)
+        if self.front is not None and not self.entered:
+            return _IGNORED  # admitted at the front, then answered by a hook or decorator of the app
+        if isinstance(self.error, Rejected):
+            return _IGNORED  # a protected call inside the view was refused (answered by a fallback)
+        if self.outcome is _IGNORED:
+            return _IGNORED  # an exception the breaker was told to ignore
+        if status >= 500:
+            return _FAILURE
+        if self.outcome is _FAILURE and status < 400:
+            return _FAILURE  # a fallback answered for a failed call, or a slow call
+        return _SUCCESS
 
     def record(self, outcome: Outcome) -> None:
         """Record the view's ``outcome`` (the adapter judged it by the response): through

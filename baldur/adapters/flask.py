@@ -660,19 +660,7 @@ def _in_hand(response: Response) -> bool:
 
 def _outcome(state: _Request) -> Outcome:
     """How the view's call ends for its breaker: an exception or a 5xx fails, a 4xx does not."""
-    if state.rejected:
-        return _IGNORED  # Baldur refused a call inside the view (a fallback answered)
-    if state.front is not None and not state.entered:
-        return _IGNORED  # admitted at the front, then answered by a hook or decorator of the app
     error = state.error
-    if isinstance(error, Rejected):
-        return _IGNORED  # a protected call inside the view was refused (answered by a fallback)
-    if isinstance(error, HTTPException):
+    if isinstance(error, HTTPException) and not state.rejected and (state.front is None or state.entered):
         return _FAILURE if (error.code or 500) >= 500 else _SUCCESS
-    if state.outcome is _IGNORED:
-        return _IGNORED  # an exception the breaker was told to ignore
-    if state.status >= 500:
-        return _FAILURE
-    if state.outcome is _FAILURE and state.status < 400:
-        return _FAILURE  # a fallback answered for a failed call, or a slow call
-    return _SUCCESS
+    return state.judged(state.status)
