@@ -4,8 +4,8 @@ Sybil (a maintained documentation tester) finds the blocks, keeps one namespace 
 ``<!-- skip: next "reason" -->``; this module supplies the evaluators for the shell blocks:
 
 - ``bash``: run from the checkout's root with ``bash -e``; it must exit 0. When its last command starts a
-  server (``flask ... run``, ``python manage.py runserver``, ``gunicorn``, ``redis-server``) the block runs in the background as the
-  page's server, and the next block waits until the server's port accepts connections.
+  server (``flask ... run``, ``python manage.py runserver``, ``gunicorn``, ``redis-server``) the block
+  runs in the background as the page's server, and the next block waits until the server's port accepts connections.
 - ``console``: ``$ command`` lines, each followed by the output it must print. A command ending in ``&``
   runs in the background, and the next command waits until the page's web server is inside a view.
 - ``log``: lines the page's web server must have printed since the previous ``log`` block, in order.
