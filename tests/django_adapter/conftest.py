@@ -35,6 +35,11 @@ def pytest_configure(config: pytest.Config) -> None:
         USE_TZ=True,
         BALDUR={},
     )
+    # Now, not when pytest-django gets to it: in a whole-suite run this conftest is loaded while
+    # collecting, and the test modules beside it import Django's models.
+    import django
+
+    django.setup()
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Smoke test of the Django quickstart: ``manage.py check`` and ``migrate``, then the ``/demo``
 answer through Django's test client. No server, no Redis.
 
-Run it with ``pytest examples/quickstart_django/test_smoke.py``. Django is configured once per
+Run it with ``pytest examples/quickstart_django/test_smoke_django.py``. Django is configured once per
 process, so each check runs in a child process with the quickstart's settings.
 """
 
