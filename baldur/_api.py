@@ -70,13 +70,20 @@ def protected(
         raise ConfigError(f"protected({name!r}, idempotency_key=...)", idempotency_key,
                           'idempotency_key="order_id"', "an argument's name or a callable over the arguments")
 
+    # One protection per declaration, however often it decorates: Django's method_decorator
+    # applies it anew to each request's bound method, and the web adapter must recognise the
+    # view it admitted (and keep its fast lane) across those.
+    declared: list[Protection] = []
+
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
         if not callable(func):
             raise TypeError(f"baldur.protected({name!r}) decorates a callable, not {type(func).__name__}")
         face_is_async = is_async(func)
         options.check_fallback(face_is_async)
-        site = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
-        protection = Protection(options, declare(options, site))
+        if not declared:
+            site = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
+            declared.append(Protection(options, declare(options, site)))
+        protection = declared[0]
         wrapper: Callable[..., Any]
         if face_is_async:
             wrapper = async_face(cast(Callable[..., Awaitable[Any]], func), protection)

@@ -285,6 +285,8 @@ def _parse_one(name: str, value: object, origin: str) -> Any:
         label, example = env_name, spec.example
     elif origin == "app.config":
         label, example = f"app.config[{env_name!r}]", f"app.config[{env_name!r}] = {good!r}"
+    elif origin == "settings.BALDUR":
+        label, example = f"settings.BALDUR[{name!r}]", f"BALDUR = {{{name!r}: {good!r}}}"
     else:
         label, example = f"{origin}({name}=...)", f"{origin}({name}={good!r})"
     return spec.parse(label, value, example)

@@ -80,6 +80,7 @@ def variants(redis_url: str | None) -> list[Variant]:
                 {"BENCH_APP": "quickstart", "BALDUR_RATE_LIMIT": LIMIT}),
         Variant("limiter-memory", "Flask-Limiter, memory", {"BENCH_APP": "limiter",
                                                               "BENCH_LIMITER_STORAGE": "memory://"}),
+        *DJANGO,
     ]
     if redis_url is None:
         return memory
@@ -98,16 +99,35 @@ def variants(redis_url: str | None) -> list[Variant]:
                     {"BENCH_APP": "limiter", "BENCH_LIMITER_STORAGE": redis_url}, redis=True)]
 
 
+#: The Django rows (benchmarks/bench_django.py), each compared with bare Django.
+DJANGO = [
+    Variant("django-bare", "bare Django", {"BENCH_DJANGO": "bare"}),
+    Variant("django-baldur", "Django + Baldur quickstart, memory", {"BENCH_DJANGO": "baldur"}),
+    Variant("django-baldur-limit", "Django + Baldur quickstart, memory, rate limit on",
+            {"BENCH_DJANGO": "baldur", "BALDUR_RATE_LIMIT": LIMIT}),
+    Variant("django-ratelimit", "Django + django-ratelimit, local-memory cache",
+            {"BENCH_DJANGO": "ratelimit", "BENCH_LIMIT": "1000000/h"}),
+]
+
+
 # -- the worker (a child process) ---------------------------------------------------
 
 def _worker() -> int:
     # stdout is the channel to the parent: Baldur's log lines go to stderr (the worker's log).
     logging.getLogger("baldur").addHandler(logging.StreamHandler(sys.stderr))
-    import bench_apps
+    import os
+
     from werkzeug.test import EnvironBuilder
 
-    app = bench_apps.app
-    wsgi: Callable[..., Iterable[bytes]] = app.wsgi_app
+    wsgi: Callable[..., Iterable[bytes]]
+    if "BENCH_DJANGO" in os.environ:
+        import bench_django
+
+        wsgi = bench_django.application  # Django's WSGI handler: request, middleware, view, response
+    else:
+        import bench_apps
+
+        wsgi = bench_apps.app.wsgi_app
     builder = EnvironBuilder(path="/demo", method="GET", environ_base={"REMOTE_ADDR": "127.0.0.1"})
     template = builder.get_environ()
     builder.close()
@@ -362,19 +382,26 @@ def count_commands(todo: list[Variant], workers: dict[str, Worker], redis_url: s
 def report(result: Result) -> tuple[str, dict[str, float]]:
     """The section's markdown and the figures the goals need."""
     by_key = {v.key: v for v in result.variants}
-    bare = median(by_key["bare"].times)
-    rows = []
-    for v in result.variants:
-        m = median(v.times)
-        added = "–" if v.key == "bare" else fmt((m - bare) * 1e6, 1)
-        rows.append([v.label, fmt(m * 1e6, 1), added, fmt(ratio(m, bare)), fmt(spread(v.times) * 1e6, 1),
-                     str(v.number)])
-    text = [table(["variant", "median per request (µs)", "added vs bare (µs)", "× bare",
-                   "spread over rounds (µs)", "requests per timing"], rows)]
-    figures: dict[str, float] = {"bare_us": bare * 1e6}
-    for v in result.variants:
-        figures[f"{v.key}_ratio"] = ratio(median(v.times), bare)
-        figures[f"{v.key}_added_us"] = (median(v.times) - bare) * 1e6
+    text: list[str] = []
+    figures: dict[str, float] = {}
+    for framework, baseline in (("Flask", "bare"), ("Django", "django-bare")):
+        bare = median(by_key[baseline].times)
+        figures[f"{baseline.removesuffix('bare')}bare_us"] = bare * 1e6
+        rows = []
+        for v in result.variants:
+            if v.key.startswith("django-") != (framework == "Django"):
+                continue
+            m = median(v.times)
+            added = "–" if v.key == baseline else fmt((m - bare) * 1e6, 1)
+            rows.append([v.label, fmt(m * 1e6, 1), added, fmt(ratio(m, bare)), fmt(spread(v.times) * 1e6, 1),
+                         str(v.number)])
+            figures[f"{v.key}_ratio"] = ratio(m, bare)
+            figures[f"{v.key}_added_us"] = (m - bare) * 1e6
+        if framework == "Django":
+            text += ["", "Django (`benchmarks/bench_django.py`: its WSGI handler called the same way; each row "
+                     "against bare Django):", ""]
+        text.append(table(["variant", "median per request (µs)", f"added vs bare {framework} (µs)", "× bare",
+                           "spread over rounds (µs)", "requests per timing"], rows))
     counted = [v for v in result.variants if v.commands]
     if counted:
         rows = []

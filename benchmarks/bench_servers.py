@@ -74,7 +74,7 @@ def _gunicorn_supports_no_control_socket() -> bool:
     return any(setting.name == "control_socket_disable" for setting in KNOWN_SETTINGS)
 
 
-def server_command(server: str, port: int) -> list[str]:
+def server_command(server: str, port: int, wsgi_app: str = "bench_apps:app") -> list[str]:
     bind = f"127.0.0.1:{port}"
     if server in ("gunicorn-sync", "gunicorn-gthread"):
         args = [PYTHON, "-m", "gunicorn", "-w", "2", "-b", bind, "--log-level", "warning", "--graceful-timeout", "3"]
@@ -82,7 +82,7 @@ def server_command(server: str, port: int) -> list[str]:
             args += ["-k", "gthread", "--threads", "8"]
         if _gunicorn_supports_no_control_socket():
             args.append("--no-control-socket")  # gunicorn ≥ 25 would share one socket under $HOME
-        return [*args, "bench_apps:app"]
+        return [*args, wsgi_app]
     if server == "uvicorn":
         return [PYTHON, "-m", "uvicorn", "--workers", "2", "--host", "127.0.0.1", "--port", str(port),
                 "--no-access-log", "--log-level", "warning", "bench_apps:asgi"]
@@ -107,9 +107,18 @@ class Variant:
         return median(run[name] for run in self.runs)
 
 
-def variants(redis_url: str | None) -> list[Variant]:
+#: Django's rows (benchmarks/bench_django.py, WSGI: gunicorn only), each compared with bare Django.
+DJANGO = (("django-bare", "bare Django", {"BENCH_DJANGO": "bare"}),
+          ("django-baldur-memory", "Django + Baldur quickstart, memory", {"BENCH_DJANGO": "baldur"}),
+          ("django-ratelimit", "Django + django-ratelimit, local-memory cache",
+           {"BENCH_DJANGO": "ratelimit", "BENCH_LIMIT": "1000000/h"}))
+
+
+def variants(redis_url: str | None, server: str = "gunicorn-sync") -> list[Variant]:
     found = [Variant("bare", "bare Flask", {"BENCH_APP": "bare"}),
              Variant("baldur-memory", "Baldur quickstart, memory", {"BENCH_APP": "quickstart"})]
+    if server.startswith("gunicorn"):
+        found += [Variant(key, label, dict(env)) for key, label, env in DJANGO]
     if redis_url is not None:
         found += [
             Variant("baldur-redis-breaker", "Baldur quickstart, Redis, no limit (breaker only)",
@@ -144,7 +153,8 @@ def start_server(server: str, env: dict[str, str], workdir: Path, name: str) -> 
 
     port = free_port()
     log_path = workdir / f"{server}-{name}.log"
-    proc = processes.start(server_command(server, port), env=child_env(**env), log_path=log_path)
+    wsgi_app = "bench_django:application" if "BENCH_DJANGO" in env else "bench_apps:app"
+    proc = processes.start(server_command(server, port, wsgi_app), env=child_env(**env), log_path=log_path)
     return Server(proc, port, log_path)
 
 
@@ -190,7 +200,7 @@ def run_servers(wrk: str, servers: list[str], redis_url: str | None, workdir: Pa
                 warmup: float, flush: Callable[[], None]) -> list[ServerResult]:
     results = []
     for server in servers:
-        todo = variants(redis_url)
+        todo = variants(redis_url, server)
         flush()
         started: dict[str, Server] = {}
         try:
@@ -225,22 +235,25 @@ def report_servers(results: list[ServerResult], rounds: int, seconds: float) -> 
         rows = []
         for v in result.variants:
             rps = v.figure("rps")
+            # Django's rows against bare Django: each framework's own baseline.
+            base = by_key["django-bare"].figure("rps") if v.key.startswith("django-") else bare
             figures[f"{result.server}/{v.key}/rps"] = rps
-            figures[f"{result.server}/{v.key}/ratio"] = ratio(rps, bare)
+            figures[f"{result.server}/{v.key}/ratio"] = ratio(rps, base)
             figures[f"{result.server}/{v.key}/vs_floor"] = ratio(rps, floor)
             figures[f"{result.server}/{v.key}/p50_ms"] = v.figure("p50_us") / 1000
             figures[f"{result.server}/{v.key}/p99_ms"] = v.figure("p99_us") / 1000
             non2xx = sum(run["non2xx"] for run in v.runs)
             errors = sum(run["connect"] + run["read"] + run["write"] + run["timeout"] for run in v.runs)
             low, high = min(run["rps"] for run in v.runs), max(run["rps"] for run in v.runs)
-            rows.append([v.label, f"{rps:.0f}", f"{low:.0f}–{high:.0f}", fmt(ratio(rps, bare)),
+            rows.append([v.label, f"{rps:.0f}", f"{low:.0f}–{high:.0f}", fmt(ratio(rps, base)),
                          "–" if v.key in ("bare", "floor", "baldur-memory", "baldur-redis-breaker")
+                         or v.key.startswith("django-")
                          else fmt(ratio(rps, floor)),
                          fmt(v.figure("p50_us") / 1000), fmt(v.figure("p99_us") / 1000),
                          f"{non2xx} / {sum(run['requests'] for run in v.runs)}", str(errors)])
         text += [f"### {SERVERS[result.server]}", "",
-                 table(["variant", "requests/s (median)", "range over rounds", "× bare", "× floor", "p50 (ms)",
-                        "p99 (ms)",
+                 table(["variant", "requests/s (median)", "range over rounds", "× bare (its framework's)", "× floor",
+                        "p50 (ms)", "p99 (ms)",
                         "non-2xx / requests (all rounds)", "socket errors"], rows), ""]
     text += [f"- method: {rounds} rounds of {seconds:.0f} s per variant and server, variants in rotating order, "
              f"all of one server's variants running at once on their own ports (idle between their turns); "

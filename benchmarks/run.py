@@ -199,6 +199,14 @@ def goals(run: Run) -> str:
                      f"bare {fmt(get('inprocess/bare_us'), 1)} µs; Flask-Limiter memory "
                      f"{fmt(get('inprocess/limiter-memory_ratio'))}×, pybreaker view "
                      f"{fmt(get('inprocess/pybreaker_ratio'))}×", verdict(met(value, value <= 1.10))])
+    if "inprocess/django-baldur_ratio" in f:
+        value, flask = get("inprocess/django-baldur_ratio"), get("inprocess/quickstart-memory_ratio")
+        rows.append(["in-process Django + Baldur, memory, × bare Django ÷ the Flask quickstart's × bare Flask",
+                     fmt(value / flask, 3), "≤ 1.00",
+                     f"Django {fmt(value, 3)}× of {fmt(get('inprocess/django-bare_us'), 1)} µs (+"
+                     f"{fmt(get('inprocess/django-baldur_added_us'), 1)} µs), Flask {fmt(flask, 3)}×; rate limit "
+                     f"on {fmt(get('inprocess/django-baldur-limit_ratio'))}×, django-ratelimit "
+                     f"{fmt(get('inprocess/django-ratelimit_ratio'))}×", verdict(met(value, value <= flask))])
     if "inprocess/limiter-redis_added_us" in f:
         ours, theirs = get("inprocess/quickstart-redis-limit_added_us"), get("inprocess/limiter-redis_added_us")
         value = ours / theirs if theirs > 0 else float("nan")

@@ -4,8 +4,8 @@ Sybil (a maintained documentation tester) finds the blocks, keeps one namespace 
 ``<!-- skip: next "reason" -->``; this module supplies the evaluators for the shell blocks:
 
 - ``bash``: run from the checkout's root with ``bash -e``; it must exit 0. When its last command starts a
-  server (``flask ... run``, ``gunicorn``, ``redis-server``) the block runs in the background as the
-  page's server, and the next block waits until the server's port accepts connections.
+  server (``flask ... run``, ``python manage.py runserver``, ``gunicorn``, ``redis-server``) the block
+  runs in the background as the page's server, and the next block waits until the server's port accepts connections.
 - ``console``: ``$ command`` lines, each followed by the output it must print. A command ending in ``&``
   runs in the background, and the next command waits until the page's web server is inside a view.
 - ``log``: lines the page's web server must have printed since the previous ``log`` block, in order.
@@ -40,7 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 INSTALL = "python3 -m venv .venv && .venv/bin/pip install -e '.[flask]'"
 #: The last command of a ``bash`` block that keeps running (the page's server): its program, after any
 #: ``NAME=value`` assignments, is one of these.
-_SERVER = re.compile(r"^(?:\w+=\S*\s+)*\S*?\b(flask\s.*\brun|gunicorn|redis-server)(\s|$)")
+_SERVER = re.compile(r"^(?:\w+=\S*\s+)*\S*?\b(flask\s.*\brun|python\s+manage\.py\s.*\brunserver|gunicorn|redis-server)"
+                     r"(\s|$)")
 #: The ports the docs show, by role.
 DOC_PORTS = {"web": 5000, "redis": 6379, "absent": 6390}
 _DOC_PORT_IN_COMMAND = re.compile(r"(?<=[: ])(5000|6379|6390)\b")

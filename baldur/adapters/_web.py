@@ -36,6 +36,7 @@ V = TypeVar("V")
 _CLOSED = State.CLOSED
 _SUCCESS = Outcome.SUCCESS
 _FAILURE = Outcome.FAILURE
+_IGNORED = Outcome.IGNORED
 #: Marks a view taken out of the per-client limit and shedding (``baldur.exempt``).
 EXEMPT = "__baldur_exempt__"
 #: Set by ``protected`` on the function it wrapped: registered as a view in place of the
@@ -111,35 +112,67 @@ class WebCall:
         if protection is None:
             if extra is None:
                 return None
-            decision = runtime.sync.rate(extra.key, extra.limit)
-            self.add_policy(extra.policy, extra.limit, decision)
-            if decision.allowed:
-                return None
-            return RateLimited(extra.policy, decision.retry_after)
+            return self._front_rated(extra, runtime.sync.rate(extra.key, extra.limit))
         plan = protection.plan(runtime)
+        if self._front_lane(protection, extra):
+            return None
+        try:
+            ticket = runtime.sync.admit(plan, self.client_key() if plan.rate_limit is not None else None, extra)
+        except Rejected as exc:
+            return self._front_refused(exc, extra, has_fallback)
+        self._front_admitted(ticket, plan, extra)
+        return None
+
+    async def admit_front_async(self, protection: Protection | None, extra: ExtraLimit | None,
+                                has_fallback: bool) -> Rejected | None:
+        """``admit_front`` for an adapter on an event loop: the store's async face."""
+        runtime = _runtime._current or _runtime.current()
+        if protection is None:
+            if extra is None:
+                return None
+            return self._front_rated(extra, await runtime.async_.rate(extra.key, extra.limit))
+        plan = protection.plan(runtime)
+        if self._front_lane(protection, extra):
+            return None
+        try:
+            ticket = await runtime.async_.admit(plan, self.client_key() if plan.rate_limit is not None else None,
+                                                extra)
+        except Rejected as exc:
+            return self._front_refused(exc, extra, has_fallback)
+        self._front_admitted(ticket, plan, extra)
+        return None
+
+    def _front_rated(self, extra: ExtraLimit, decision: RateDecision) -> Rejected | None:
+        self.add_policy(extra.policy, extra.limit, decision)
+        if decision.allowed:
+            return None
+        return RateLimited(extra.policy, decision.retry_after)
+
+    def _front_lane(self, protection: Protection, extra: ExtraLimit | None) -> bool:
+        """The view is admitted at the front; ``True`` when on the fast lane (nothing to ask the store)."""
         self.front = protection
         lane = protection.lane
         if extra is None and lane is not None and lane.state.state is _CLOSED:
             self.lane = lane
+            return True
+        return False
+
+    def _front_refused(self, exc: Rejected, extra: ExtraLimit | None, has_fallback: bool) -> Rejected | None:
+        self.rejected = True
+        if exc.extra_rate is not None and extra is not None:
+            self.add_policy(extra.policy, extra.limit, exc.extra_rate)
+        by_adapter = extra is not None and isinstance(exc, RateLimited) and exc.limit is extra.limit
+        if has_fallback and not by_adapter:
+            self.deferred = exc
             return None
-        client = self.client_key() if plan.rate_limit is not None else None
-        try:
-            ticket = runtime.sync.admit(plan, client, extra)
-        except Rejected as exc:
-            self.rejected = True
-            if exc.extra_rate is not None and extra is not None:
-                self.add_policy(extra.policy, extra.limit, exc.extra_rate)
-            by_adapter = extra is not None and isinstance(exc, RateLimited) and exc.limit is extra.limit
-            if has_fallback and not by_adapter:
-                self.deferred = exc
-                return None
-            return exc
+        return exc
+
+    def _front_admitted(self, ticket: Ticket, plan: Plan, extra: ExtraLimit | None) -> None:
         self.ticket = ticket
         if ticket.extra_rate is not None and extra is not None:
             self.add_policy(extra.policy, extra.limit, ticket.extra_rate)
         if ticket.rate is not None and plan.rate_limit is not None:
             self.add_policy(plan.name, plan.rate_limit, ticket.rate)
-        return None
 
     def refused(self, exc: Rejected) -> None:
         """The view's admission (made by its ``Call``, not at the front) was refused."""
@@ -171,6 +204,24 @@ class WebCall:
 
     # -- what the adapter calls when the response has been sent --------------
 
+    def judged(self, status: int) -> Outcome:
+        """How the view's call ends for its breaker, by the response's ``status``: an
+        exception or a 5xx fails, a 4xx does not; Baldur's refusals and a view that never
+        began are no outcome."""
+        if self.rejected:
+            return _IGNORED  # Baldur refused a call inside the view (a fallback answered)
+        if self.front is not None and not self.entered:
+            return _IGNORED  # admitted at the front, then answered by a hook or decorator of the app
+        if isinstance(self.error, Rejected):
+            return _IGNORED  # a protected call inside the view was refused (answered by a fallback)
+        if self.outcome is _IGNORED:
+            return _IGNORED  # an exception the breaker was told to ignore
+        if status >= 500:
+            return _FAILURE
+        if self.outcome is _FAILURE and status < 400:
+            return _FAILURE  # a fallback answered for a failed call, or a slow call
+        return _SUCCESS
+
     def record(self, outcome: Outcome) -> None:
         """Record the view's ``outcome`` (the adapter judged it by the response): through
         the lane, or the ticket of its admission (then the next request may take the lane)."""
@@ -186,6 +237,18 @@ class WebCall:
             return
         runtime = _runtime._current or _runtime.current()
         runtime.sync.finish(ticket, outcome)
+        front = self.front
+        if front is not None and outcome is _SUCCESS:
+            front.refresh_lane(runtime, front.plan(runtime))
+
+    async def record_async(self, outcome: Outcome) -> None:
+        """``record`` for an adapter on an event loop: the store's async face."""
+        ticket = self.ticket
+        if self.lane is not None or ticket is None:
+            self.record(outcome)  # the lane, or nothing to record: no I/O
+            return
+        runtime = _runtime._current or _runtime.current()
+        await runtime.async_.finish(ticket, outcome)
         front = self.front
         if front is not None and outcome is _SUCCESS:
             front.refresh_lane(runtime, front.plan(runtime))

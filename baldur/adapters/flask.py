@@ -27,7 +27,6 @@ import inspect
 import json
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import Token
@@ -51,6 +50,7 @@ from baldur.adapters._http import (
     queue_seconds,
     ratelimit_headers,
 )
+from baldur.adapters._shedding import _InFlight, _QueueShedder
 from baldur.adapters._web import EXEMPT as _EXEMPT
 from baldur.adapters._web import PROTECTED_BY, WebCall, web_call
 from baldur.errors import (
@@ -64,10 +64,9 @@ from baldur.errors import (
     StoreUnavailable,
 )
 from baldur.policies.breaker import Outcome
-from baldur.policies.concurrency import admits
 from baldur.policies.idempotency import Verdict
 from baldur.policies.rate_limit import RateDecision, RateLimit
-from baldur.policies.shedding import AdaptiveLimit, Priority, QueueDelay
+from baldur.policies.shedding import Priority
 from baldur.stores._types import ExtraLimit
 
 __all__ = ["init_flask"]
@@ -82,60 +81,6 @@ _APP_CONFIG_KEYS = tuple(f"BALDUR_{name.upper()}" for name in (
 _flask_logger = logging.getLogger("baldur.flask")
 _SUCCESS, _FAILURE, _IGNORED = Outcome.SUCCESS, Outcome.FAILURE, Outcome.IGNORED
 _NORMAL = Priority.NORMAL
-
-
-class _InFlight:
-    """This process's requests in flight, against the explicit ceiling and the adaptive limit.
-
-    The requests running are a set: adding and discarding are atomic, so without an
-    explicit ceiling a request takes no lock. The adaptive limit may then be passed by
-    the few threads that check it at the same instant, which it tolerates (it moves by
-    small steps and is not a promise); an explicit ceiling is a promise, kept under a lock.
-    The policy's averages are updated without a lock too: two threads finishing at once
-    may lose one latency sample, nothing else.
-    """
-
-    def __init__(self, limit: int | None) -> None:
-        self.limit = limit
-        self.running: set[object] = set()
-        self.adaptive = AdaptiveLimit()
-        self._ceiling = threading.Lock()
-
-    def enter(self, request: object, priority: Priority) -> bool:
-        if self.limit is None:
-            if not self.adaptive.admits(len(self.running), priority):
-                return False
-            self.running.add(request)
-            return True
-        with self._ceiling:
-            running = len(self.running)
-            if not admits(running, self.limit) or not self.adaptive.admits(running, priority):
-                return False
-            self.running.add(request)
-            return True
-
-    def leave(self, request: object, latency: float) -> None:
-        running = len(self.running)
-        self.running.discard(request)
-        self.adaptive.observe(latency, running)
-
-    def retry_after(self) -> float:
-        return self.adaptive.retry_after()
-
-
-class _QueueShedder:
-    """CoDel on ``X-Request-Start`` queue delay, shared by this process's threads."""
-
-    def __init__(self, ceiling: float | None) -> None:
-        self.policy = QueueDelay(ceiling=ceiling)
-        self._lock = threading.Lock()
-
-    def admits(self, now: float, waited: float, service_time: float, priority: Priority) -> tuple[bool, float]:
-        """Whether a request that waited ``waited`` runs, and the Retry-After if it does not."""
-        with self._lock:
-            if self.policy.admits(now, waited, priority, service_time):
-                return True, 0.0
-            return False, self.policy.retry_after(now)
 
 
 class _Request(WebCall):
@@ -728,19 +673,7 @@ def _in_hand(response: Response) -> bool:
 
 def _outcome(state: _Request) -> Outcome:
     """How the view's call ends for its breaker: an exception or a 5xx fails, a 4xx does not."""
-    if state.rejected:
-        return _IGNORED  # Baldur refused a call inside the view (a fallback answered)
-    if state.front is not None and not state.entered:
-        return _IGNORED  # admitted at the front, then answered by a hook or decorator of the app
     error = state.error
-    if isinstance(error, Rejected):
-        return _IGNORED  # a protected call inside the view was refused (answered by a fallback)
-    if isinstance(error, HTTPException):
+    if isinstance(error, HTTPException) and not state.rejected and (state.front is None or state.entered):
         return _FAILURE if (error.code or 500) >= 500 else _SUCCESS
-    if state.outcome is _IGNORED:
-        return _IGNORED  # an exception the breaker was told to ignore
-    if state.status >= 500:
-        return _FAILURE
-    if state.outcome is _FAILURE and state.status < 400:
-        return _FAILURE  # a fallback answered for a failed call, or a slow call
-    return _SUCCESS
+    return state.judged(state.status)

@@ -1,0 +1,7 @@
+from django.urls import path
+
+from quickstart import views
+
+urlpatterns = [
+    path("demo", views.demo),
+]
