@@ -246,7 +246,12 @@ def test_one_users_stored_response_is_never_replayed_to_another(start: Callable[
 def test_the_memory_store_warns_per_worker_and_a_required_shared_store_refuses(
         start: Callable[..., Server], site_env: dict[str, str]) -> None:
     server = start(BALDUR_REDIS_URL="")
-    assert server.output().count("in-memory store under") == WORKERS
+    server.until_every_worker(lambda: server.request("GET", "/demo"), [])
+    # Each worker has answered, so each has started; its warning may still be on its way to the log.
+    end = time.monotonic() + DEADLINE
+    while server.output().count("in-memory store under") < WORKERS and time.monotonic() < end:
+        time.sleep(0.05)
+    assert server.output().count("in-memory store under") == WORKERS, server.output()
     del server
     bare = {k: v for k, v in site_env.items() if k != "BALDUR_REDIS_URL"}
     done = subprocess.run([PYTHON, "-c", "import quickstart.wsgi"], cwd=QUICKSTART, capture_output=True,
