@@ -108,8 +108,9 @@ VIEWS: dict[str, dict[str, Callable[..., Any]]] = {
     "bad-gateway": _views("bad-gateway", server_error, protect={"breaker": baldur.Breaker(
         consecutive_failures=3, open_for=30)}),
     "missing": _views("missing", not_found, protect={"breaker": baldur.Breaker(consecutive_failures=3)}),
-    "slow": {**_views("slow", slow, protect={"timeout": 0.05}), "async": baldur.protected(
-        "slow-async", timeout=0.05)(slow_async)},
+    # (names apart from the core tests' "slow-sync" and "slow-async": a name has one breaker per process)
+    "slow": {**_views("dj-slow", slow, protect={"timeout": 0.05}), "async": baldur.protected(
+        "dj-slow-async", timeout=0.05)(slow_async)},
     "inner": _views("inner", inner_open),
     "stream": _views("stream", streamed_failure, protect={"breaker": baldur.Breaker(consecutive_failures=2)}),
     "orders": _views("orders", created, protect={}, methods=("post",)),
