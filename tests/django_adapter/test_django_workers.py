@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import http.client
 import json
 import re
@@ -246,7 +247,7 @@ def test_one_users_stored_response_is_never_replayed_to_another(start: Callable[
 def test_the_memory_store_warns_per_worker_and_a_required_shared_store_refuses(
         start: Callable[..., Server], site_env: dict[str, str]) -> None:
     server = start(BALDUR_REDIS_URL="")
-    server.until_every_worker(lambda: server.request("GET", "/demo"), [])
+    server.until_every_worker(functools.partial(server.request, "GET", "/demo"), [])
     # Each worker has answered, so each has started; its warning may still be on its way to the log.
     end = time.monotonic() + DEADLINE
     while server.output().count("in-memory store under") < WORKERS and time.monotonic() < end:
