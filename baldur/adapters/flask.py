@@ -21,12 +21,9 @@ Every ``Rejected`` becomes its HTTP answer (problem+json) with the
 
 from __future__ import annotations
 
-import base64
 import functools
 import inspect
-import json
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import Token
@@ -49,6 +46,15 @@ from baldur.adapters._http import (
     problem,
     queue_seconds,
     ratelimit_headers,
+)
+from baldur.adapters._replay import (
+    IDEMPOTENT_METHODS,
+    NEVER_STORED,
+    credentials_identity,
+    record,
+    records_per_identity,
+    replayed,
+    too_large,
 )
 from baldur.adapters._shedding import _InFlight, _QueueShedder
 from baldur.adapters._web import EXEMPT as _EXEMPT
@@ -149,9 +155,7 @@ class _Options:
         self.idempotency: str = pick("idempotency", idempotency, settings.idempotency)
         self.idempotency_max_bytes = settings.idempotency_max_bytes
         #: New stored responses per identity per TTL: bounds what one identity keeps in the store.
-        self.records_per_identity = None if not settings.idempotency_max_records else RateLimit(
-            f"{settings.idempotency_max_records}/{max(1, math.ceil(settings.idempotency_ttl))}second",
-            setting="BALDUR_IDEMPOTENCY_MAX_RECORDS")
+        self.records_per_identity = records_per_identity(settings)
         max_queue: float | None = pick("max_queue_ms", None, settings.max_queue_ms)
         self.max_queue = None if max_queue is None else max_queue / 1000.0
         if key_func is not None and not callable(key_func):
@@ -520,23 +524,13 @@ def unwired_refusal(protection: Protection, exc: Rejected) -> Exception | None:
     return HTTPException(response=_respond(problem(exc, request.path)))
 
 
-_IDEMPOTENT_METHODS = ("POST", "PATCH")
-#: Response headers never replayed: per-response, per-connection, or a credential.
-_UNSAFE_HEADERS = frozenset({"set-cookie", "date", "server", "content-length", "connection", "keep-alive",
-                             "transfer-encoding", "ratelimit", "ratelimit-policy"})
-
-
-#: Answers never stored for replay: the request was not authorised, or not admitted.
-_NEVER_STORED = frozenset({401, 403, 407, 429})
-
-
 def _dispatching(dispatch: Callable[[], Any], options: _Options) -> Callable[[], Any]:
     """``app.dispatch_request``, idempotent: called after every before_request hook."""
 
     @functools.wraps(dispatch)
     def dispatch_request() -> Any:
         state = web_call.get()  # (cheaper than the request proxy, on every request)
-        if state is None or cast(_Request, state).method not in _IDEMPOTENT_METHODS:
+        if state is None or cast(_Request, state).method not in IDEMPOTENT_METHODS:
             return dispatch()
         answer = _idempotency_begin(options)
         return dispatch() if answer is None else answer
@@ -553,7 +547,7 @@ def _idempotency_begin(options: _Options) -> Response | None:
     """
     req: Request = request._get_current_object()  # type: ignore[attr-defined]
     state: _Request | None = req.environ.get(_STATE)
-    if state is None or req.method not in _IDEMPOTENT_METHODS or req.routing_exception is not None:
+    if state is None or req.method not in IDEMPOTENT_METHODS or req.routing_exception is not None:
         return None
     values = req.headers.getlist("Idempotency-Key")
     if not values:
@@ -566,7 +560,7 @@ def _idempotency_begin(options: _Options) -> Response | None:
         return _respond(bad_request(str(exc), req.path))
     body = _bounded_body(req, options.idempotency_max_bytes)
     if body is None:
-        return _respond(_too_large(req, options.idempotency_max_bytes))
+        return _respond(too_large(req.path, options.idempotency_max_bytes))
     # The route as mounted (SCRIPT_NAME): two apps of one process, /v1 and /v2, never share a key.
     rule = req.script_root + (req.url_rule.rule if req.url_rule is not None else req.path)
     identity = _identity(req, state, options)
@@ -580,10 +574,8 @@ def _idempotency_begin(options: _Options) -> Response | None:
         return _answer_error(exc)
     if start.verdict is Verdict.REPLAY and start.result is not None:
         state.rejected = True  # not an outcome of the view: it does not run
-        stored = json.loads(start.result)
-        replay = Response(base64.b64decode(stored["body"]), status=stored["status"], headers=stored["headers"])
-        replay.headers["Idempotent-Replayed"] = "true"
-        return replay
+        status, headers, body = replayed(start.result)
+        return Response(body, status=status, headers=headers)
     if claim.held and options.records_per_identity is not None:
         # A new record: within the identity's bound of records per TTL, or refused (429).
         decision = runtime.sync.rate("idem:" + fingerprint(identity), options.records_per_identity)
@@ -611,7 +603,7 @@ def _identity(req: Request, state: _Request, options: _Options) -> str:
         if who is not None:
             return "id:" + str(who)
     cookie = req.cookies.get(state.app.config.get("SESSION_COOKIE_NAME") or "session", "")
-    return "cred:" + fingerprint(req.headers.get("Authorization", ""), cookie, state.client_key())
+    return credentials_identity(req.headers.get("Authorization", ""), cookie, state.client_key())
 
 
 def _bounded_body(req: Request, cap: int) -> bytes | None:
@@ -627,13 +619,6 @@ def _bounded_body(req: Request, cap: int) -> bytes | None:
     return data
 
 
-def _too_large(req: Request, cap: int) -> tuple[int, dict[str, str], bytes]:
-    body = {"type": "about:blank", "title": "Content Too Large", "status": 413, "instance": req.path,
-            "detail": f"a request with an Idempotency-Key may carry at most {cap} bytes "
-                      "(BALDUR_IDEMPOTENCY_MAX_BYTES)"}
-    return 413, {"Content-Type": "application/problem+json"}, json.dumps(body).encode()
-
-
 def _idempotency_complete(options: _Options, response: Response) -> Response:
     """after_request: store the response of a request that claimed an Idempotency-Key."""
     state: _Request | None = request.environ.get(_STATE)
@@ -641,7 +626,7 @@ def _idempotency_complete(options: _Options, response: Response) -> Response:
         return response
     claim, state.idempotency_claim = state.idempotency_claim, None
     view_ran = state.front is None or state.entered
-    if state.rejected or not view_ran or response.status_code in _NEVER_STORED or not _in_hand(response):
+    if state.rejected or not view_ran or response.status_code in NEVER_STORED or not _in_hand(response):
         # Baldur refused it, the view never ran (a decorator answered), the request was not
         # authorised (try again with the same key), or the body is not in hand to store.
         claim.abort()
@@ -654,9 +639,7 @@ def _idempotency_complete(options: _Options, response: Response) -> Response:
         claim.abort()
         return response
     body = response.get_data()  # (an error page's iterator becomes a list: sent as before)
-    headers = [[k, v] for k, v in response.headers.items() if k.lower() not in _UNSAFE_HEADERS]
-    claim.complete(json.dumps({"status": response.status_code, "headers": headers,
-                               "body": base64.b64encode(body).decode()}))
+    claim.complete(record(response.status_code, response.headers.items(), body))
     return response
 
 
