@@ -203,9 +203,39 @@ function createBreakerCard(breaker) {
     buttons[action] = button;
     actions.append(button);
   }
-  card.append(head, stats, forced, actions);
-  card.parts = { label, symbol, rate, calls, failures, openedAt, timeLeft, forced, buttons };
+  const history = el("details", "transitions");
+  const summary = el("summary", "", "Recent transitions");
+  const transitions = el("ol", "transition-list");
+  history.append(summary, transitions);
+  history.addEventListener("toggle", () => {
+    if (history.open) loadTransitions(card);
+  });
+  card.append(head, stats, forced, history, actions);
+  card.parts = { label, symbol, rate, calls, failures, openedAt, timeLeft, forced, buttons, history, transitions };
   return card;
+}
+
+async function loadTransitions(card) {
+  const generation = state.generation;
+  const list = card.parts.transitions;
+  try {
+    const detail = await api(`api/v1/breakers/${pathPart(card.dataset.key)}`);
+    if (generation !== state.generation) return;
+    const items = detail.transitions.map((transition) => {
+      const item = el("li");
+      item.append(
+        el("time", "", formatTime(transition.at)),
+        document.createTextNode(` ${STATE_LABEL[transition.from] ?? transition.from} \u2192 `
+          + `${STATE_LABEL[transition.to] ?? transition.to}`),
+        el("span", "cause", transition.cause ? ` (${transition.cause})` : ""),
+      );
+      return item;
+    });
+    list.replaceChildren(...(items.length ? items : [el("li", "empty", "No transitions yet.")]));
+  } catch (error) {
+    if (generation !== state.generation) return;
+    list.replaceChildren(el("li", "empty", error instanceof ApiError ? error.message : String(error)));
+  }
 }
 
 function updateBreakerCard(card, breaker) {
@@ -247,6 +277,9 @@ function updateBreakerCard(card, breaker) {
 
 function renderBreakers(breakers) {
   syncKeyed($("breakers"), breakers, (b) => b.name, createBreakerCard, updateBreakerCard);
+  for (const card of $("breakers").children) {
+    if (card.parts.history.open) loadTransitions(card);
+  }
   $("breakers-empty").hidden = breakers.length > 0;
   tickCountdowns();
 }
