@@ -163,9 +163,11 @@ def screenshot(console: Console, name: str, tmp_path: Path) -> Path:
 def test_a_viewer_watches_every_breaker_but_cannot_act(app_url: str, open_console: Callable[..., Console]) -> None:
     for path in ("/search", "/search", "/markup"):
         assert http_get(app_url + path)[0] == 200
-    console = open_console(app_url + "/_baldur/")
-    console.log_in("viewer")
+    # Without the trailing slash too: the page's relative URLs need the redirect to /_baldur/.
+    console = open_console(app_url + "/_baldur")
     page = console.page
+    expect(page).to_have_url(app_url + "/_baldur/")
+    console.log_in("viewer")
 
     expect(page.locator("#breakers > li h3")).to_have_count(BREAKER_COUNT)
     search = console.breaker("search")

@@ -259,8 +259,10 @@ function updateBreakerCard(card, breaker) {
   parts.timeLeft.value.dataset.until = showLeft ? String(until) : "";
 
   parts.forced.hidden = !forced;
-  parts.forced.replaceChildren();
-  if (forced) {
+  // Rebuilt only when it changed, so that its text can be selected and copied between polls.
+  const forcedSignature = JSON.stringify(forced);
+  if (forced && parts.forcedSignature !== forcedSignature) {
+    parts.forced.replaceChildren();
     const expiry = forced.until == null ? "until changed" : `until ${formatTime(forced.until)}`;
     parts.forced.append(
       el("strong", "", `Forced ${forced.state === "open" ? "open" : "closed"}`),
@@ -268,6 +270,7 @@ function updateBreakerCard(card, breaker) {
       el("span", "forced-reason", `Reason: ${forced.reason}`),
     );
   }
+  parts.forcedSignature = forcedSignature;
   const mayAct = ROLE_RANK[state.role] >= ROLE_RANK.operator;
   for (const button of Object.values(parts.buttons)) {
     button.disabled = !mayAct;
