@@ -286,19 +286,30 @@ def standalone(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         yield f"http://127.0.0.1:{port}", proc
 
 
-def test_at_the_standalone_servers_root_wrong_keys_are_refused_then_throttled_and_a_stopped_server_is_reported(
+def test_at_the_standalone_servers_root_the_console_works_and_reports_the_server_stopped(
         standalone: tuple[str, subprocess.Popen[bytes]], open_console: Callable[..., Console]) -> None:
     url, proc = standalone
-    watcher = open_console(url + "/")
-    watcher.log_in("viewer")
-    expect(watcher.page.locator("#updated")).to_contain_text("Live")
+    console = open_console(url + "/")
+    console.log_in("operator")
+    expect(console.page.locator("#updated")).to_contain_text("Live")
+    expect(console.page.locator("#readonly-note")).to_be_hidden()
 
+    stop_group(proc)
+    expect(console.page.locator("#error")).to_contain_text("cannot be reached")
+    expect(console.page.locator("#dashboard")).to_have_class(re.compile(r"\bstale\b"))
+    expect(console.page.locator("#who")).to_be_visible()  # still logged in: it keeps retrying
+    console.assert_clean(url)
+
+
+def test_wrong_keys_are_refused_then_throttled_with_the_wait_counted_down(
+        standalone: tuple[str, subprocess.Popen[bytes]], open_console: Callable[..., Console]) -> None:
+    url, _ = standalone
     intruder = open_console(url + "/")
     page = intruder.page
     button = page.locator("#login-submit")
     for _ in range(12):  # the limiter allows 10 failed attempts a minute per client address
         page.get_by_label("Admin key").fill("not-a-key-of-this-server")
-        button.click()  # hides the error banner at once, shows the answer's
+        button.click()  # hides the error banner at once; the answer shows it again
         expect(page.locator("#error")).to_be_visible()
         if button.is_disabled():
             break
@@ -308,10 +319,4 @@ def test_at_the_standalone_servers_root_wrong_keys_are_refused_then_throttled_an
     expect(button).to_be_disabled()
     expect(button).to_have_text(re.compile(r"^Wait \d+ s$"))
     assert page.evaluate("sessionStorage.length") == 0
-
-    stop_group(proc)
-    expect(watcher.page.locator("#error")).to_contain_text("cannot be reached")
-    expect(watcher.page.locator("#dashboard")).to_have_class(re.compile(r"\bstale\b"))
-    expect(watcher.page.locator("#who")).to_be_visible()  # still logged in: it retries
-    watcher.assert_clean(url)
     intruder.assert_clean(url)
