@@ -135,7 +135,8 @@ def open_console(browser: Browser) -> Iterator[Callable[..., Console]]:
     contexts = []
 
     def open_(url: str, viewport: dict[str, int] = LAPTOP) -> Console:
-        context = browser.new_context(viewport=viewport)  # type: ignore[arg-type]
+        # One locale and zone, so that the screenshots read the same wherever they are taken.
+        context = browser.new_context(viewport=viewport, locale="en-GB", timezone_id="UTC")  # type: ignore[arg-type]
         contexts.append(context)
         console = Console(context.new_page())
         console.page.on("request", lambda request: console.requests.append(request.url))
@@ -210,7 +211,6 @@ def test_an_operator_sees_a_breaker_open_and_forces_it_closed_which_the_admin_se
     expect(payments).to_have_attribute("data-state", "open")
     expect(payments.locator(".stat", has_text="Time left open").locator("dd")).to_have_text(
         re.compile(r"^(9|10) min \d+ s$"))
-    expect(payments.locator(".stat", has_text="Failures").locator("dd")).to_have_text("3")
 
     payments.get_by_role("button", name="Force closed…").click()
     dialog = operator.page.get_by_role("dialog")
@@ -225,6 +225,8 @@ def test_an_operator_sees_a_breaker_open_and_forces_it_closed_which_the_admin_se
     expect(operator.page.locator("#notice")).to_have_text("“payments” forced closed.")
     assert http_get(app_url + "/payments")[0] == 502  # calls go through again (and still fail)
 
+    for _ in range(5):
+        assert http_get(app_url + "/search")[0] == 200
     admin = open_console(app_url + "/_baldur/")
     admin.log_in("admin")
     entry = admin.page.locator("#audit tr").first
