@@ -172,6 +172,34 @@ def _redact(url: str) -> str:
     return f"{scheme}{sep}{user + ':' if user else ':'}***@{host}"
 
 
+def _admin_keys(name: str, value: object, example: str) -> Any:
+    from baldur.admin._keys import parse_admin_keys  # the admin package imports nothing at start-up
+
+    return parse_admin_keys(name, value, example)
+
+
+def _admin_addr(name: str, value: object, example: str) -> str:
+    """``host:port`` (an IPv6 host in brackets): where ``baldur admin`` listens."""
+    text: str = _text(lower=False)(name, value, example)
+    host, colon, port = text.rpartition(":")
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not colon or not bare or not port.isdigit() or not 0 < int(port) < 65536 or (":" in bare and bare == host):
+        raise ConfigError(name, value, example, "host:port with a port between 1 and 65535, e.g. 127.0.0.1:9180")
+    return text
+
+
+def _admin_hosts(name: str, value: object, example: str) -> tuple[str, ...]:
+    """Host names (beyond loopback) the admin API answers to: a comma list, lower case, no ports."""
+    if isinstance(value, tuple | list):
+        value = ",".join(str(host) for host in value)
+    text: str = _text()(name, value, example)
+    hosts = tuple(host.strip() for host in text.split(",") if host.strip())
+    for host in hosts:
+        if not re.fullmatch(r"[a-z0-9.\-]+|\[[0-9a-f:.]+\]", host):
+            raise ConfigError(name, value, example, f"{host!r} is not a host name or an address in brackets")
+    return hosts
+
+
 @dataclass(frozen=True, slots=True)
 class _Field:
     name: str
@@ -206,6 +234,9 @@ _FIELDS: tuple[_Field, ...] = (
     _Field("ipv6_prefix", 64, _number(48, integer=True, high=128), "BALDUR_IPV6_PREFIX=64"),
     _Field("memory_max_response_bytes", 67_108_864, _number(0, integer=True),
            "BALDUR_MEMORY_MAX_RESPONSE_BYTES=67108864"),
+    _Field("admin_keys", None, _admin_keys, "BALDUR_ADMIN_KEYS=operator:replace-with-32-random-characters"),
+    _Field("admin_addr", "127.0.0.1:9180", _admin_addr, "BALDUR_ADMIN_ADDR=127.0.0.1:9180"),
+    _Field("admin_hosts", "", _admin_hosts, "BALDUR_ADMIN_HOSTS=admin.example.internal"),
 )
 _BY_NAME = {f.name: f for f in _FIELDS}
 ENV_NAMES = tuple(f"BALDUR_{f.name.upper()}" for f in _FIELDS)
@@ -245,6 +276,12 @@ class Settings:
     ipv6_prefix: int
     #: The memory store's bound on stored idempotent responses, in bytes.
     memory_max_response_bytes: int
+    #: The admin API's keys (``baldur.admin._keys.AdminKeys``: digests and key ids, never a key).
+    admin_keys: Any
+    #: Where ``baldur admin`` listens.
+    admin_addr: str
+    #: Host names the admin API answers to besides loopback (DNS rebinding).
+    admin_hosts: tuple[str, ...]
 
     def default_breaker(self) -> Breaker:
         return Breaker(

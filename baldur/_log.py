@@ -35,6 +35,7 @@ EVENTS = {
     "idempotency.conflict": "baldur.idempotency",
     "store.per_process": "baldur.store",
     "store.ready": "baldur.store",
+    "admin.change": "baldur.admin",
 }
 _FOLD_SECONDS = 1.0
 _FOLD_MAX_KEYS = 10_000

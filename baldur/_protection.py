@@ -10,6 +10,7 @@ admits calls without asking the store (see ``MemoryStore.fast_lane``).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 from baldur import _runtime
@@ -18,7 +19,7 @@ from baldur.errors import CallTimeout
 from baldur.policies.breaker import Breaker, BreakerState, Outcome, State
 from baldur.stores._types import Plan
 
-__all__ = ["Lane", "Protection", "classify"]
+__all__ = ["Lane", "Protection", "classify", "live_protections"]
 
 _CLOSED = State.CLOSED
 _FAILURE = Outcome.FAILURE
@@ -46,7 +47,7 @@ class Lane:
 class Protection:
     """``options`` and, for the runtime in force, the compiled plan and the fast lane."""
 
-    __slots__ = ("_compiled", "declaration", "lane", "options")
+    __slots__ = ("__weakref__", "_compiled", "declaration", "lane", "options")
 
     def __init__(self, options: CallOptions, declaration: object = None) -> None:
         self.options = options
@@ -55,6 +56,7 @@ class Protection:
         #: (runtime, plan), replaced as one value so that a reader never mixes two runtimes.
         self._compiled: tuple[_runtime.Runtime, Plan] | None = None
         self.lane: Lane | None = None
+        _live.add(self)
 
     @property
     def name(self) -> str:
@@ -92,6 +94,14 @@ class Protection:
         """A call on the fast lane ended other than in a plain success: record it as the full path would."""
         runtime = _runtime._current or _runtime.current()
         runtime.sync.finish(self.plan(runtime).plain_ticket, outcome)
+
+
+#: Every protection whose decorated callable lives: what the admin API lists (issue 12).
+_live: weakref.WeakSet[Protection] = weakref.WeakSet()
+
+
+def live_protections() -> list[Protection]:
+    return list(_live)
 
 
 def classify(exc: BaseException, plan: Plan) -> Outcome:

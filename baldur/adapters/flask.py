@@ -191,6 +191,7 @@ def init_flask(
     idempotency: str | None = None,
     exempt: Iterable[str] = (),
     identity: Callable[[Request], object] | None = None,
+    admin: str | None = None,
 ) -> _runtime.Runtime:
     """Wire Baldur into ``app``; returns the runtime (``baldur.init()`` is called once per process).
 
@@ -206,6 +207,8 @@ def init_flask(
     ``identity(request)`` (whose stored idempotent responses a request may
     receive; default: its credentials and client key), which is called
     after the app's ``before_request`` hooks have authenticated the request.
+    ``admin`` (e.g. ``"/_baldur"``) mounts the admin API and Web Console at that
+    path, in front of every hook (see docs/admin.md).
     """
     runtime = _runtime.current()
     warn_unknown_app_config(app.config, _APP_CONFIG_KEYS)
@@ -222,6 +225,10 @@ def init_flask(
         app.dispatch_request = _dispatching(app.dispatch_request, options)  # type: ignore[method-assign]
     for error in (Rejected, CallTimeout, StoreUnavailable, IdempotencyMismatch):
         app.register_error_handler(error, _answer_error)
+    if admin is not None:
+        from baldur.admin._wsgi import AdminMount
+
+        app.wsgi_app = AdminMount(app.wsgi_app, admin, options.per_client_limit)  # type: ignore[method-assign]
     return runtime
 
 

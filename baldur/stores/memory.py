@@ -22,7 +22,7 @@ import os
 import threading
 import time
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 
 from baldur import _log
@@ -32,6 +32,7 @@ from baldur.policies.breaker import Breaker, BreakerState, Outcome, State
 from baldur.policies.concurrency import admits
 from baldur.policies.idempotency import IdempotencyRecord, Verdict
 from baldur.policies.rate_limit import MICROS, RateDecision, RateLimit, gcra, micros
+from baldur.stores._admin import AUDIT_LENGTH, HISTORY_LENGTH, AuditEntry, BreakerView, Forced, Transition
 from baldur.stores._decisions import TRANSITION_EVENTS, Admission, announce_transition, rejection
 from baldur.stores._types import ExtraLimit, IdempotencyStart, Plan, Ticket
 
@@ -63,6 +64,7 @@ class MemoryStore:
         #: Idempotency records, oldest first, and what they cost in bytes.
         self._records: OrderedDict[str, IdempotencyRecord] = OrderedDict()
         self.record_bytes = 0
+        self._admin = _AdminTables()
         _stores.add(self)
 
     def __len__(self) -> int:
@@ -86,6 +88,7 @@ class MemoryStore:
         decision = extra_decision = None
         holds_slot = trial = False
         wait = 0.0
+        lapsed = False
         with self._lock:
             if extra is not None:
                 extra_decision = self._rate(extra.key, extra.limit, now, per_client=True)
@@ -104,6 +107,7 @@ class MemoryStore:
                 else:
                     admission = Admission.OVERLOADED
             if admission is Admission.ADMITTED and options is not None:
+                lapsed = bool(self._admin.deadlines) and self._lapse(plan.name, now)  # admin (issue 12)
                 flight = breaker_policy.preflight(self._breaker(plan.breaker_key, plan.name, options), now, options)
                 transition = flight.transition
                 trial = flight.trial
@@ -112,8 +116,10 @@ class MemoryStore:
                         self._release(plan.concurrency_key)
                     admission = Admission.CIRCUIT_OPEN
                     wait = flight.retry_after
+        if lapsed:
+            announce_transition(plan.name, State.CLOSED, forced_expired=True)
         if transition is not None:
-            announce_transition(plan.name, transition)
+            self._announced(plan.name, transition, now)
         if admission is not Admission.ADMITTED:
             raise rejection(admission, plan, client, decision=decision, extra=extra, extra_decision=extra_decision,
                             retry_after=wait)
@@ -147,7 +153,7 @@ class MemoryStore:
         finally:
             lock.release()
         if transition is not None:
-            announce_transition(plan.name, transition)
+            self._announced(plan.name, transition, now)
 
     def fast_lane(self, plan: Plan) -> BreakerState | None:
         """The breaker state a caller may hold on to while it stays closed, or ``None``.
@@ -175,7 +181,7 @@ class MemoryStore:
         with self._lock:
             transition = breaker_policy.open_lane(state, now)
         if transition is not None:
-            announce_transition(state.name, transition)
+            self._announced(state.name, transition, now)
 
     def rate(self, key: str, limit: RateLimit) -> RateDecision:
         now = self.clock()
@@ -193,6 +199,9 @@ class MemoryStore:
     def force_breaker(self, name: str, options: Breaker, state: State) -> None:
         with self._lock:
             breaker_policy.force(self._breaker(f"b:{name}", name, options), state)
+            self._admin.forced.pop(name, None)
+            self._admin.deadlines.pop(name, None)
+            self._remember(name, str(state), self.clock(), "forced through baldur.breaker()")
         # Forced and reset states are announced like the automatic ones, so an operator's
         # open() shows in the log as plainly as a breaker that opened by itself.
         _log.emit(_FORCED_EVENTS[state], name, state=str(state), forced=True)
@@ -243,6 +252,7 @@ class MemoryStore:
             self._clients.clear()
             self._records.clear()
             self.record_bytes = 0
+            self._admin = _AdminTables()
 
     def close(self) -> None:
         self.reset()
@@ -324,6 +334,117 @@ class MemoryStore:
         if isinstance(count, int) and count > 0:
             self._keys[key] = count - 1
 
+
+    # -- admin (issue 12): what the admin API reads and steers -------------
+
+    def admin_breaker_names(self) -> list[str]:
+        """The names of the breakers this store holds."""
+        with self._lock:
+            return [value.name for key, value in self._keys.items()
+                    if key.startswith("b:") and isinstance(value, BreakerState)]
+
+    def admin_read_breaker(self, name: str, options: Breaker) -> BreakerView:
+        now = self.clock()
+        with self._lock:
+            lapsed = bool(self._admin.deadlines) and self._lapse(name, now)
+            view = self._view(name, options, now)
+        if lapsed:
+            announce_transition(name, State.CLOSED, forced_expired=True)
+        return view
+
+    def admin_force(self, name: str, options: Breaker, target: State, forced: Forced | None,
+                    cause: str) -> BreakerView:
+        """Force ``name`` to ``target`` (``CLOSED``: reset) for every caller; ``forced`` says why and
+        until when (its ``until`` lapses by itself: the breaker returns to its own rule)."""
+        now = self.clock()
+        with self._lock:
+            breaker_policy.force(self._breaker(f"b:{name}", name, options), target)
+            self._admin.forced.pop(name, None)
+            self._admin.deadlines.pop(name, None)
+            if forced is not None:
+                self._admin.forced[name] = forced
+                if forced.until is not None:
+                    self._admin.deadlines[name] = now + (forced.until - time.time())
+            self._remember(name, str(target), now, cause)
+            view = self._view(name, options, now)
+        _log.emit(_FORCED_EVENTS[target], name, state=str(target), forced=True)
+        return view
+
+    def admin_transitions(self, name: str, limit: int = HISTORY_LENGTH) -> list[Transition]:
+        with self._lock:
+            return list(self._admin.history.get(name, ()))[:limit]
+
+    def admin_audit_append(self, entry: AuditEntry) -> None:
+        with self._lock:
+            self._admin.audit.appendleft(entry)
+
+    def admin_audit(self, limit: int) -> list[AuditEntry]:
+        with self._lock:
+            return list(self._admin.audit)[:limit]
+
+    def admin_reset_client(self, name: str, client: str, per_client_policy: bool) -> None:
+        """Give ``client`` a full quota again: of the web hooks' per-client limit
+        (``per_client_policy``), else of ``name``'s own per-client rate limit."""
+        with self._lock:
+            self._clients.pop(f"web:{client}" if per_client_policy else f"r:{name}:{client}", None)
+
+    def admin_in_flight(self, name: str) -> int:
+        count = self._keys.get(f"c:{name}", 0)
+        return count if isinstance(count, int) else 0
+
+    def _view(self, name: str, options: Breaker, now: float) -> BreakerView:
+        state = self._keys.get(f"b:{name}")
+        if not isinstance(state, BreakerState):
+            return BreakerView(name, _CLOSED, 0, 0, None, None)
+        if state.state is _CLOSED:
+            breaker_policy.absorb(state)
+        calls, failures = state.window.totals(now)
+        opened = state.state in (State.OPEN, State.HALF_OPEN)
+        opened_at = time.time() - (now - state.opened_at) if opened else None
+        return BreakerView(name, state.state, calls, failures, opened_at, self._admin.forced.get(name))
+
+    def _lapse(self, name: str, now: float) -> bool:
+        """An expired forced state returns the breaker to its own rule (closed, empty window)."""
+        deadline = self._admin.deadlines.get(name)
+        if deadline is None or now < deadline:
+            return False
+        del self._admin.deadlines[name]
+        forced = self._admin.forced.pop(name, None)
+        state = self._keys.get(f"b:{name}")
+        if not isinstance(state, BreakerState) or state.state not in (State.FORCED_OPEN, State.FORCED_CLOSED):
+            return False
+        breaker_policy.force(state, _CLOSED)
+        self._remember(name, str(_CLOSED), now, "forced state expired" if forced is not None else "")
+        return True
+
+    def _announced(self, name: str, transition: State, now: float) -> None:
+        with self._lock:
+            self._remember(name, str(transition), now)
+        announce_transition(name, transition)
+
+    def _remember(self, name: str, target: str, now: float, cause: str = "") -> None:
+        """Add a transition to ``name``'s history (lock held); it starts from the last one's state."""
+        history = self._admin.history.get(name)
+        if history is None:
+            history = self._admin.history[name] = deque(maxlen=HISTORY_LENGTH)
+        source = history[0].target if history else str(_CLOSED)
+        if not cause:
+            cause = _CAUSES.get((source, target), "")
+        history.appendleft(Transition(time.time() - (self.clock() - now), source, target, cause))
+
+
+class _AdminTables:
+    """The admin API's state (issue 12): bounded like the rest (history per name, audit overall)."""
+
+    def __init__(self) -> None:
+        self.forced: dict[str, Forced] = {}
+        #: name → when (this store's clock) its forced state lapses.
+        self.deadlines: dict[str, float] = {}
+        self.history: dict[str, deque[Transition]] = {}
+        self.audit: deque[AuditEntry] = deque(maxlen=AUDIT_LENGTH)
+
+
+_CAUSES = {(str(source), str(target)): why for source, target, why in breaker_policy.TRANSITIONS}
 
 #: Every memory store of the process: a child after fork() gives each a fresh lock,
 #: since a thread of the parent (absent in the child) may have held it.

@@ -41,15 +41,16 @@ import atexit
 import contextlib
 import hashlib
 import itertools
+import json
 import logging
 import os
 import secrets
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -60,6 +61,7 @@ from baldur.errors import ConfigError, RateLimited, StoreUnavailable
 from baldur.policies.breaker import Breaker, Outcome, State, bucket_width
 from baldur.policies.idempotency import CLAIM_LEASE_SECONDS, Verdict
 from baldur.policies.rate_limit import RateDecision, RateLimit, micros
+from baldur.stores._admin import AUDIT_LENGTH, HISTORY_LENGTH, AuditEntry, BreakerView, Forced, Transition
 from baldur.stores._decisions import Admission, announce_transition, lua_constants, rejection
 from baldur.stores._types import ExtraLimit, IdempotencyStart, Plan, Ticket
 from baldur.stores.memory import MemoryStore
@@ -93,6 +95,8 @@ COLD_BUDGET_SECONDS = 0.3
 CONCURRENCY_LEASE_SECONDS = 60.0
 #: How long a forced breaker state is kept (every key has a TTL).
 FORCED_TTL_SECONDS = 30 * 86400
+#: An admin operation (a scan of the breakers, a read of the audit) may take this long: not a request's budget.
+ADMIN_BUDGET_SECONDS = 2.0
 
 _log_store = logging.getLogger("baldur.store")
 _OUTCOME_CODE = {Outcome.SUCCESS: "s", Outcome.FAILURE: "f", Outcome.IGNORED: "i"}
@@ -729,6 +733,126 @@ class RedisStore:
         self._exhausted = {}
         self._closing = set()
         self.local.reset()
+
+    # -- admin (issue 12): what the admin API reads and steers, for the whole fleet ----
+
+    async def admin_breaker_names(self) -> list[str]:
+        """The names of the breakers Redis holds (a SCAN: the admin's, never a request's)."""
+        async def scan(client: aioredis.Redis) -> list[str]:
+            names = []
+            async for key in client.scan_iter(match=f"{self.prefix}:{{*}}:b", count=1000):
+                text = key.decode() if isinstance(key, bytes) else key
+                tag = text[len(self.prefix) + 2:-3]
+                if "}" not in tag:  # a breaker's key, not another kind whose suffix ends in ":b"
+                    names.append(_unescaped(tag))
+            return names
+
+        return await self._admin(scan)
+
+    async def admin_read_breaker(self, name: str, options: Breaker) -> BreakerView:
+        key = self._key(name, "b")
+        args = [self._now(), repr(bucket_width(options)), self._breaker_args(options)[-1]]
+        reply = await self._admin(lambda client: self._admin_script(client, "admin_breaker", [key], args))
+        state, opened_at, calls, failures, until, reason, by, forced_at, lapsed = (
+            item.decode() if isinstance(item, bytes) else item for item in reply)
+        if int(lapsed):
+            announce_transition(name, State.CLOSED, shared=True, forced_expired=True)
+        current = State(state)
+        forced = None
+        if current in (State.FORCED_OPEN, State.FORCED_CLOSED):
+            ends = float(until)
+            forced = Forced(current, reason, by, float(forced_at), ends if ends > 0 else None)
+        opened = current in (State.OPEN, State.HALF_OPEN)
+        return BreakerView(name, current, int(calls), int(failures), float(opened_at) if opened else None, forced)
+
+    async def admin_force(self, name: str, options: Breaker, target: State, forced: Forced | None,
+                          cause: str) -> BreakerView:
+        """Force ``name`` to ``target`` (``CLOSED``: reset) for every worker; a ``forced.until``
+        lapses by itself (the scripts return the breaker to its own rule)."""
+        lasts = 0.0 if forced is None or forced.until is None else max(0.001, forced.until - forced.at)
+        args = [self._now(), str(target), repr(lasts), forced.reason if forced else "", forced.by if forced else "",
+                FORCED_TTL_SECONDS, cause]
+        key = self._key(name, "b")
+        await self._admin(lambda client: self._admin_script(client, "admin_force", [key], args))
+        self.local.force_breaker(name, options, target)  # logs the change; this process's fallback agrees
+        return await self.admin_read_breaker(name, options)
+
+    async def admin_transitions(self, name: str, limit: int = HISTORY_LENGTH) -> list[Transition]:
+        key = self._key(name, "t")
+        entries = await self._admin(lambda client: client.lrange(key, 0, limit - 1))
+        transitions = []
+        for raw in entries:
+            item = json.loads(raw)
+            transitions.append(Transition(float(item["at"]), str(item["from"]), str(item["to"]), str(item["cause"])))
+        return transitions
+
+    async def admin_audit_append(self, entry: AuditEntry) -> None:
+        key = self._key("admin", "audit")
+        text = json.dumps({"at": entry.at, "key_id": entry.key_id, "action": entry.action, "target": entry.target,
+                           "reason": entry.reason, "for_seconds": entry.for_seconds})
+
+        async def append(client: aioredis.Redis) -> None:
+            pipe = client.pipeline(transaction=True)
+            pipe.lpush(key, text)
+            pipe.ltrim(key, 0, AUDIT_LENGTH - 1)
+            await pipe.execute()
+
+        await self._admin(append)
+
+    async def admin_audit(self, limit: int) -> list[AuditEntry]:
+        key = self._key("admin", "audit")
+        entries = await self._admin(lambda client: client.lrange(key, 0, limit - 1))
+        audit = []
+        for raw in entries:
+            item = json.loads(raw)
+            audit.append(AuditEntry(float(item["at"]), str(item["key_id"]), str(item["action"]), str(item["target"]),
+                                    str(item["reason"]), item["for_seconds"]))
+        return audit
+
+    async def admin_reset_client(self, name: str, client: str, per_client_policy: bool) -> None:
+        key = self._key(f"web:{client}", "r") if per_client_policy else self._key(name, "r", client)
+        await self._admin(lambda redis_client: redis_client.delete(key))
+        self.local.admin_reset_client(name, client, per_client_policy)
+
+    async def admin_in_flight(self, name: str) -> int:
+        key = self._key(name, "c")
+        count = await self._admin(lambda client: client.zcount(key, f"({time.time()}", "+inf"))
+        return int(count)
+
+    async def _admin_script(self, client: aioredis.Redis, name: str, keys: list[str], args: list[Any]) -> Any:
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = _Script(name)
+        try:
+            return await client.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await client.script_load(script.text)
+            return await client.evalsha(script.sha, len(keys), *keys, *args)
+
+    async def _admin(self, work: Callable[[aioredis.Redis], Awaitable[_T]]) -> _T:
+        """Run ``work`` on a loop that may own a connection, within ``ADMIN_BUDGET_SECONDS``;
+        ``StoreUnavailable`` (never a fallback: the admin must not steer one process's memory)."""
+        loop = asyncio._get_running_loop()
+        if loop is None or not is_home_loop(loop):
+            portal = background.portal()
+            if loop is None:
+                return await anyio.to_thread.run_sync(portal.call, self._admin, work)
+            assert background.loop is not None
+            future = asyncio.run_coroutine_threadsafe(self._admin(work), background.loop)
+            return await asyncio.wrap_future(future)
+        try:
+            async with asyncio.timeout(max(self.timeout, ADMIN_BUDGET_SECONDS)):
+                return await work(self._client())
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreUnavailable(f"Redis at {self.redacted_url} did not answer the admin API "
+                                   f"({self._reason(exc)})") from None
+
+
+_T = TypeVar("_T")
+
+
+def _unescaped(text: str) -> str:
+    return text.replace("%7D", "}").replace("%7B", "{").replace("%25", "%")
 
 
 def _escaped(text: str) -> str:

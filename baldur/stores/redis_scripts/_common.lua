@@ -72,7 +72,8 @@ local function br_save(key, s, ttl)
   if s.dirty then
     redis.call('HSET', key, 'st', s.st, 'oa', fmt(s.oa), 'cf', s.cf, 'ti', s.ti, 'ts', s.ts, 'hs', fmt(s.hs))
   end
-  if redis.call('EXISTS', key) == 1 then redis.call('EXPIRE', key, ttl) end
+  -- A forced state keeps the TTL its force gave it (admin: it outlives the window's TTL).
+  if string.sub(s.st, 1, 7) ~= 'forced_' and redis.call('EXISTS', key) == 1 then redis.call('EXPIRE', key, ttl) end
 end
 
 local function win_add(key, now, width, failed, count)
@@ -180,4 +181,52 @@ local function br_record(key, s, now, o, outcome, trial, count)
     end
   end
   return ''
+end
+
+-- Admin (issue 12) -----------------------------------------------------------
+-- A forced state may carry an expiry (hash field fu, epoch seconds of the
+-- server clock) and the operator's why (fr reason, fb key id, fa when). Recent
+-- transitions of a breaker are kept newest first in the list <breaker key>
+-- with its last letter 'b' replaced by 't' (same hash tag, same slot).
+
+local HISTORY_LENGTH = 50
+local HISTORY_TTL = 30 * 86400
+local CAUSES = {
+  ['closed>open'] = 'failure rate or consecutive failures reached',
+  ['half_open>open'] = 'a trial failed',
+  ['open>half_open'] = 'open_for elapsed',
+  ['half_open>closed'] = 'half_open_calls trials succeeded',
+}
+
+local function br_history_key(key)
+  return string.sub(key, 1, -2) .. 't'
+end
+
+local function br_history(key, now, from, to, cause)
+  local hkey = br_history_key(key)
+  redis.call('LPUSH', hkey, cjson.encode({at = now, from = from, to = to, cause = cause}))
+  redis.call('LTRIM', hkey, 0, HISTORY_LENGTH - 1)
+  redis.call('EXPIRE', hkey, HISTORY_TTL)
+end
+
+-- Each of ``transitions`` (space-separated, in order) went from the state before it.
+local function br_remember(key, now, from, transitions)
+  for to in string.gmatch(transitions, '%S+') do
+    local cause = CAUSES[from .. '>' .. to]
+    if string.sub(from, 1, 7) == 'forced_' then cause = 'forced state expired' end
+    br_history(key, now, from, to, cause or '')
+    from = to
+  end
+end
+
+-- A forced state whose expiry has passed returns the breaker to its own rule (closed, empty window).
+-- Returns 'closed' if it lapsed, else ''.
+local function br_lapse(key, s, now)
+  if string.sub(s.st, 1, 7) ~= 'forced_' then return '' end
+  local ends = tonumber(redis.call('HGET', key, 'fu'))
+  if ends == nil or ends <= 0 or now < ends then return '' end
+  redis.call('HDEL', key, 'fu', 'fr', 'fb', 'fa')
+  s.st = 'closed'; s.cf = 0; s.ti = 0; s.ts = 0; s.dirty = true
+  win_clear(key)
+  return 'closed'
 end

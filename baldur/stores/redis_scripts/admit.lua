@@ -47,12 +47,15 @@ local trial, transitions = 0, ''
 if ARGV[7] == '1' then
   local o = breaker_options(ARGV, 8)
   local s = br_load(KEYS[3])
+  local before = s.st  -- admin (issue 12): the history starts from here
+  transitions = br_lapse(KEYS[3], s, now)  -- admin (issue 12): an expired forced state lapses
   local pending = tonumber(ARGV[15])
-  if pending > 0 then transitions = br_record(KEYS[3], s, now, o, 's', false, pending) end
+  if pending > 0 then transitions = transitions .. ' ' .. br_record(KEYS[3], s, now, o, 's', false, pending) end
   local admitted, wait, transition
   admitted, trial, wait, transition = br_preflight(s, now, o)
   if transition ~= '' then transitions = transitions .. ' ' .. transition end
   br_save(KEYS[3], s, o.ttl)
+  if string.find(transitions, '%S') then br_remember(KEYS[3], now, before, transitions) end  -- admin (issue 12)
   if admitted == 0 then
     if holds then redis.call('ZREM', KEYS[2], ARGV[5]) end
     return {CIRCUIT_OPEN, remaining, fmt(wait), fmt(next_after), fmt(reset_after), 0, transitions, unpack(extra)}

@@ -10,6 +10,7 @@ if ARGV[2] ~= '' then redis.call('ZREM', KEYS[1], ARGV[2]) end
 if ARGV[3] ~= '1' then return '' end
 local o = breaker_options(ARGV, 4)
 local s = br_load(KEYS[2])
+local before = s.st  -- admin (issue 12): the history starts from here
 local transitions = ''
 local pending = tonumber(ARGV[11])
 if pending > 0 then transitions = br_record(KEYS[2], s, now, o, 's', false, pending) end
@@ -18,4 +19,5 @@ if ARGV[12] ~= '' then
   if t ~= '' then transitions = transitions .. ' ' .. t end
 end
 br_save(KEYS[2], s, o.ttl)
+if string.find(transitions, '%S') then br_remember(KEYS[2], now, before, transitions) end  -- admin (issue 12)
 return transitions
