@@ -21,7 +21,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from baldur import _runtime
+from baldur import _metrics, _runtime
 from baldur.errors import RateLimited, Rejected
 from baldur.policies.breaker import Outcome, State
 from baldur.policies.rate_limit import RateDecision, RateLimit
@@ -115,17 +115,21 @@ class WebCall:
             self.add_policy(extra.policy, extra.limit, decision)
             if decision.allowed:
                 return None
-            return RateLimited(extra.policy, decision.retry_after)
+            refusal = RateLimited(extra.policy, decision.retry_after)
+            _metrics.rejected(refusal)
+            return refusal
         plan = protection.plan(runtime)
         self.front = protection
         lane = protection.lane
         if extra is None and lane is not None and lane.state.state is _CLOSED:
             self.lane = lane
+            next(lane.entered)
             return None
         client = self.client_key() if plan.rate_limit is not None else None
         try:
             ticket = runtime.sync.admit(plan, client, extra)
         except Rejected as exc:
+            _metrics.rejected(exc)
             self.rejected = True
             if exc.extra_rate is not None and extra is not None:
                 self.add_policy(extra.policy, extra.limit, exc.extra_rate)
@@ -135,6 +139,7 @@ class WebCall:
                 return None
             return exc
         self.ticket = ticket
+        next(protection.meter.entered)
         if ticket.extra_rate is not None and extra is not None:
             self.add_policy(extra.policy, extra.limit, ticket.extra_rate)
         if ticket.rate is not None and plan.rate_limit is not None:
@@ -176,6 +181,7 @@ class WebCall:
         the lane, or the ticket of its admission (then the next request may take the lane)."""
         lane = self.lane
         if lane is not None:
+            lane.protection.meter.settled(outcome, self.error)
             if outcome is _SUCCESS:
                 lane.succeed(lane.state)
             elif outcome is _FAILURE:
@@ -184,6 +190,7 @@ class WebCall:
         ticket = self.ticket
         if ticket is None:
             return
+        _metrics.meter(ticket.plan.name).settled(outcome, self.error)
         runtime = _runtime._current or _runtime.current()
         runtime.sync.finish(ticket, outcome)
         front = self.front

@@ -1,0 +1,1 @@
+"""Baldur's operational surface: the admin API, the Web Console and the metrics."""
