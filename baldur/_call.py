@@ -20,7 +20,7 @@ import time
 
 import anyio
 
-from baldur import _runtime
+from baldur import _metrics, _runtime
 from baldur._protection import Protection, classify
 from baldur.adapters import _web
 from baldur.errors import Rejected
@@ -104,15 +104,17 @@ class Call:
 
     def succeeded(self, result: object) -> None:
         """The call returned ``result``: settle it."""
-        if self._success(result):
+        outcome = self._success(result)
+        if outcome is not None:
             assert self.ticket is not None
-            self.runtime.sync.finish(self.ticket, self._timed())
+            self.runtime.sync.finish(self.ticket, outcome)
             self.protection.refresh_lane(self.runtime, self.plan)
 
     async def succeeded_async(self, result: object) -> None:
-        if self._success(result):
+        outcome = self._success(result)
+        if outcome is not None:
             assert self.ticket is not None
-            await self.runtime.async_.finish(self.ticket, self._timed())
+            await self.runtime.async_.finish(self.ticket, outcome)
             self.protection.refresh_lane(self.runtime, self.plan)
 
     # -- the one control flow the faces share --------------------------------
@@ -141,6 +143,7 @@ class Call:
             self.web.admitted(ticket, self.plan)
         else:
             self.ticket = ticket
+        next(self.protection.meter.entered)
         breaker = self.plan.breaker
         if self.web is not None or (breaker is not None and breaker.slow_call is not None):
             self.started = time.monotonic()
@@ -149,6 +152,7 @@ class Call:
         """What to raise for the refusal ``exc``: itself, or, for a web view of an app that
         Baldur was not wired into, the HTTP answer it should have been (logged)."""
         raised: Exception = exc
+        _metrics.rejected(exc)
         if self.web is not None:
             self.web.refused(exc)
         elif self.protection.options.fallback is None and "flask" in sys.modules:
@@ -168,18 +172,21 @@ class Call:
         if self.web is not None:
             self.web.ended(outcome, exc)
             return outcome is _FAILURE
+        self.protection.meter.settled(outcome, exc)
         return outcome
 
-    def _success(self, result: object) -> bool:
-        """Report a view's success to its adapter; ``True`` when the outcome is recorded here."""
+    def _success(self, result: object) -> Outcome | None:
+        """Report a view's success to its adapter; the outcome to record here, if any."""
         web = self.web
         if web is None:
-            return True
+            outcome = self._timed()
+            self.protection.meter.settled(outcome)
+            return outcome
         breaker = self.plan.breaker
         if breaker is not None and breaker.slow_call is not None:
             web.ended(self._timed(), None)
         web.returned(result)
-        return False
+        return None
 
     def _timed(self) -> Outcome:
         """A success slower than the breaker's ``slow_call`` counts as a failure."""

@@ -241,7 +241,8 @@ _FIELDS: tuple[_Field, ...] = (
 _BY_NAME = {f.name: f for f in _FIELDS}
 ENV_NAMES = tuple(f"BALDUR_{f.name.upper()}" for f in _FIELDS)
 #: Variables that Baldur's own tooling reads, not settings of the runtime.
-_OTHER_KNOWN = ("BALDUR_TEST_REQUIRE_REDIS",)
+#: Read by others than the library: the test suite, and the CLI (an operator's key, never the server's).
+_OTHER_KNOWN = ("BALDUR_TEST_REQUIRE_REDIS", "BALDUR_TEST_REQUIRE_BROWSER", "BALDUR_ADMIN_KEY")
 
 
 @dataclass(frozen=True, slots=True)

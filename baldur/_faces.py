@@ -34,6 +34,7 @@ def _lane_or_call(protection: Protection) -> Lane | Call | _web.WebCall:
         return Call(protection)
     web = _web.web_call.get() if _web.hooks_installed else None
     if web is None or web.entered:  # not a web request's view (a view's own calls come after it entered)
+        next(lane.entered)
         return lane
     if web.lane is lane:  # the request's view, admitted on the lane at the front
         web.entered = True

@@ -13,7 +13,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable
 
-from baldur import _runtime
+from baldur import _metrics, _runtime
 from baldur._options import DEFAULT_BREAKER, CallOptions
 from baldur.errors import CallTimeout
 from baldur.policies.breaker import Breaker, BreakerState, Outcome, State
@@ -31,23 +31,26 @@ class Lane:
     like a ``Call`` (``baldur._call``), through its sync face only: it never does I/O
     (``io`` is false), which spares async callers two awaits per call."""
 
-    __slots__ = ("protection", "state", "succeed")
+    __slots__ = ("calls", "entered", "protection", "state", "succeed")
     io = False
 
     def __init__(self, protection: Protection, state: BreakerState, succeed: Callable[[BreakerState], None]) -> None:
         self.protection, self.state, self.succeed = protection, state, succeed
+        #: The name's metrics counters, stepped where a call on the lane starts and ends.
+        self.entered, self.calls = protection.meter.entered, protection.meter.calls
 
     def failed(self, exc: BaseException) -> bool:
         return self.protection.lane_failed(exc) is _FAILURE
 
     def succeeded(self, result: object) -> None:
+        next(self.calls)
         self.succeed(self.state)
 
 
 class Protection:
     """``options`` and, for the runtime in force, the compiled plan and the fast lane."""
 
-    __slots__ = ("__weakref__", "_compiled", "declaration", "lane", "options")
+    __slots__ = ("__weakref__", "_compiled", "declaration", "lane", "meter", "options")
 
     def __init__(self, options: CallOptions, declaration: object = None) -> None:
         self.options = options
@@ -56,6 +59,7 @@ class Protection:
         #: (runtime, plan), replaced as one value so that a reader never mixes two runtimes.
         self._compiled: tuple[_runtime.Runtime, Plan] | None = None
         self.lane: Lane | None = None
+        self.meter = _metrics.meter(options.name, breaker=options.breaker is not None)
         _live.add(self)
 
     @property
@@ -87,6 +91,7 @@ class Protection:
         """A call on the fast lane raised: record it as the full path would and say how it counts."""
         runtime = _runtime._current or _runtime.current()
         outcome = classify(exc, self.plan(runtime))
+        self.meter.settled(outcome, exc)
         self.lane_finished(outcome)
         return outcome
 

@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from baldur import _log
+from baldur import _log, _metrics
 from baldur._config import Settings, load_settings
 from baldur._servers import warn_if_per_process
 from baldur.bridges import AsyncOverSync, SyncOverAsync
@@ -84,7 +84,9 @@ def _build(settings: Settings) -> Runtime:
                                   f"a shared store is required and {exc}; refusing to start") from None
         shared.start()
         _announce(f"Redis at {redacted}", shared=True)
-        return Runtime(settings, SyncOverAsync(shared), shared, settings.default_breaker(), True)
+        runtime = Runtime(settings, SyncOverAsync(shared), shared, settings.default_breaker(), True)
+        _metrics.write_behind(runtime)
+        return runtime
     if settings.require_shared_store:
         raise ConfigError("BALDUR_REDIS_URL", None, "BALDUR_REDIS_URL=redis://localhost:6379/0",
                           message="BALDUR_REQUIRE_SHARED_STORE=1 refuses the per-process memory store, "

@@ -21,7 +21,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from baldur import _runtime
+from baldur import _metrics, _runtime
 from baldur.errors import RateLimited, Rejected
 from baldur.policies.breaker import Outcome, State
 from baldur.policies.rate_limit import RateDecision, RateLimit
@@ -146,7 +146,9 @@ class WebCall:
         self.add_policy(extra.policy, extra.limit, decision)
         if decision.allowed:
             return None
-        return RateLimited(extra.policy, decision.retry_after)
+        refusal = RateLimited(extra.policy, decision.retry_after)
+        _metrics.rejected(refusal)
+        return refusal
 
     def _front_lane(self, protection: Protection, extra: ExtraLimit | None) -> bool:
         """The view is admitted at the front; ``True`` when on the fast lane (nothing to ask the store)."""
@@ -154,10 +156,12 @@ class WebCall:
         lane = protection.lane
         if extra is None and lane is not None and lane.state.state is _CLOSED:
             self.lane = lane
+            next(lane.entered)
             return True
         return False
 
     def _front_refused(self, exc: Rejected, extra: ExtraLimit | None, has_fallback: bool) -> Rejected | None:
+        _metrics.rejected(exc)
         self.rejected = True
         if exc.extra_rate is not None and extra is not None:
             self.add_policy(extra.policy, extra.limit, exc.extra_rate)
@@ -169,6 +173,7 @@ class WebCall:
 
     def _front_admitted(self, ticket: Ticket, plan: Plan, extra: ExtraLimit | None) -> None:
         self.ticket = ticket
+        next(_metrics.meter(plan.name).entered)
         if ticket.extra_rate is not None and extra is not None:
             self.add_policy(extra.policy, extra.limit, ticket.extra_rate)
         if ticket.rate is not None and plan.rate_limit is not None:
@@ -227,6 +232,7 @@ class WebCall:
         the lane, or the ticket of its admission (then the next request may take the lane)."""
         lane = self.lane
         if lane is not None:
+            lane.protection.meter.settled(outcome, self.error)
             if outcome is _SUCCESS:
                 lane.succeed(lane.state)
             elif outcome is _FAILURE:
@@ -235,6 +241,7 @@ class WebCall:
         ticket = self.ticket
         if ticket is None:
             return
+        _metrics.meter(ticket.plan.name).settled(outcome, self.error)
         runtime = _runtime._current or _runtime.current()
         runtime.sync.finish(ticket, outcome)
         front = self.front
@@ -247,6 +254,7 @@ class WebCall:
         if self.lane is not None or ticket is None:
             self.record(outcome)  # the lane, or nothing to record: no I/O
             return
+        _metrics.meter(ticket.plan.name).settled(outcome, self.error)
         runtime = _runtime._current or _runtime.current()
         await runtime.async_.finish(ticket, outcome)
         front = self.front

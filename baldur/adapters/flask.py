@@ -34,7 +34,7 @@ from flask import Flask, Request, Response, after_this_request, current_app, has
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import ClosingIterator
 
-from baldur import _log, _runtime
+from baldur import _log, _metrics, _runtime
 from baldur._config import _parse_one, warn_unknown_app_config
 from baldur._idempotency import Claim, fingerprint
 from baldur._protection import Protection
@@ -364,7 +364,9 @@ class _Settling:
 
 def _shed(environ: dict[str, Any], start_response: Callable[..., Any], retry_after: float) -> Iterable[bytes]:
     # Straight to WSGI, without a Response object: under overload every 503 spends capacity.
-    status, headers, body = problem(Overloaded("server", retry_after), environ.get("PATH_INFO"))
+    refusal = Overloaded("server", retry_after)
+    _metrics.rejected(refusal, _metrics.SHED)
+    status, headers, body = problem(refusal, environ.get("PATH_INFO"))
     start_response(f"{status} {HTTPStatus(status).phrase}",
                    [*headers.items(), ("Content-Length", str(len(body)))])
     return [body]

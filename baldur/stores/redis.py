@@ -734,6 +734,84 @@ class RedisStore:
         self._closing = set()
         self.local.reset()
 
+    # -- metrics (``baldur._metrics`` writes behind from every process; the admin reads) --
+
+    async def add_metrics(self, counts: dict[str, dict[str, int]], breakers: list[str],
+                          in_flight: dict[str, int], process: str, ttl: float) -> None:
+        """Add one process's counter increments to the fleet's totals (``HINCRBY``) and set its
+        in-flight gauges, which expire ``ttl`` seconds after its last flush: one pipeline."""
+        await self._at_home(self._add_metrics, counts, breakers, in_flight, process, ttl)
+
+    async def read_metrics(self) -> tuple[dict[str, dict[str, int]], set[str], dict[str, int]]:
+        """The fleet's totals per name and counter, the names with a breaker, and the in-flight
+        gauges of the processes alive (summed); ``StoreUnavailable`` if Redis does not answer."""
+        try:
+            result: tuple[dict[str, dict[str, int]], set[str], dict[str, int]] = await self._at_home(
+                self._read_metrics)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreUnavailable(f"cannot read the fleet's metrics: Redis at {self.redacted_url} does not "
+                                   f"answer ({self._reason(exc)})") from exc
+        return result
+
+    async def _add_metrics(self, counts: dict[str, dict[str, int]], breakers: list[str],
+                           in_flight: dict[str, int], process: str, ttl: float) -> None:
+        totals = self._key("metrics", "m")
+        gauges = self._key("metrics", "f", process)
+        async with asyncio.timeout(max(self.timeout, PROBE_BUDGET_SECONDS)):
+            pipe = self._client().pipeline(transaction=False)
+            for name, changed in counts.items():
+                for counter, delta in changed.items():
+                    pipe.hincrby(totals, f"{counter} {name}", delta)
+            for name in breakers:
+                pipe.hset(totals, f"breaker {name}", 1)
+            if in_flight:
+                pipe.hset(gauges, mapping=in_flight)  # type: ignore[arg-type]
+                pipe.expire(gauges, max(1, round(ttl)))
+                pipe.sadd(self._key("metrics", "p"), process)
+            await pipe.execute()
+
+    async def _read_metrics(self) -> tuple[dict[str, dict[str, int]], set[str], dict[str, int]]:
+        client = self._client()
+        processes_key = self._key("metrics", "p")
+        async with asyncio.timeout(max(self.timeout, PROBE_BUDGET_SECONDS)):
+            pipe = client.pipeline(transaction=False)
+            pipe.hgetall(self._key("metrics", "m"))
+            pipe.smembers(processes_key)
+            stored, members = await pipe.execute()
+            processes = sorted(_text(member) for member in members)
+            pipe = client.pipeline(transaction=False)
+            for process in processes:
+                pipe.hgetall(self._key("metrics", "f", process))
+            gauges = await pipe.execute()
+            gone = [process for process, values in zip(processes, gauges, strict=True) if not values]
+            if gone:
+                await client.srem(processes_key, *gone)
+        counts: dict[str, dict[str, int]] = {}
+        breakers: set[str] = set()
+        for field, value in stored.items():
+            counter, _, name = _text(field).partition(" ")
+            if counter == "breaker":
+                breakers.add(name)
+            else:
+                counts.setdefault(name, {})[counter] = int(value)
+        in_flight: dict[str, int] = {}
+        for values in gauges:
+            for name, value in values.items():
+                in_flight[_text(name)] = in_flight.get(_text(name), 0) + int(value)
+        return counts, breakers, in_flight
+
+    async def _at_home(self, func: Callable[..., Any], *args: Any) -> Any:
+        """Await ``func(*args)`` on a loop that may own a connection (else on the background loop)."""
+        loop = asyncio._get_running_loop()
+        if loop is not None and is_home_loop(loop):
+            return await func(*args)
+        portal = background.portal()
+        if loop is not None:
+            future = asyncio.run_coroutine_threadsafe(func(*args), background.loop)  # type: ignore[arg-type]
+            return await asyncio.wrap_future(future)
+        return await anyio.to_thread.run_sync(portal.call, func, *args)
+
+
     # -- admin (issue 12): what the admin API reads and steers, for the whole fleet ----
 
     async def admin_breaker_names(self) -> list[str]:
@@ -849,6 +927,10 @@ class RedisStore:
 
 
 _T = TypeVar("_T")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _unescaped(text: str) -> str:

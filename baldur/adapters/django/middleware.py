@@ -34,7 +34,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.urls import Resolver404, URLPattern, URLResolver, get_resolver, resolve
 from django.views import View
 
-from baldur import _log, _runtime
+from baldur import _log, _metrics, _runtime
 from baldur._idempotency import Claim, fingerprint
 from baldur._protection import Protection
 from baldur.adapters import _web
@@ -181,14 +181,14 @@ class BaldurMiddleware:
                 runs, retry_after = self.queue.admits(now, waited, options.in_flight.adaptive.long_latency, priority)
                 if not runs and not self._exempt_route(request):
                     _log.emit("backpressure.shed", "queue", waited_ms=round(waited * 1000))
-                    return _respond(problem(Overloaded("server", retry_after), request.path))
+                    return _shed(retry_after, request.path)
         state = _Request(request, options)
         if options.in_flight.enter(state, priority):
             state.in_flight = True
             state.admitted_at = time.monotonic()
         elif not self._exempt_route(request):
             _log.emit("backpressure.shed", "in_flight", limit=options.process_ceiling)
-            return _respond(problem(Overloaded("server", options.in_flight.retry_after()), request.path))
+            return _shed(options.in_flight.retry_after(), request.path)
         setattr(request, _STATE, state)
         state.token = web_call.set(state)
         return state
@@ -395,6 +395,12 @@ def _survey_views(request: HttpRequest) -> bool:
 
 
 # -- answers -------------------------------------------------------------------
+
+def _shed(retry_after: float, path: str) -> HttpResponse:
+    refusal = Overloaded("server", retry_after)
+    _metrics.rejected(refusal, _metrics.SHED)
+    return _respond(problem(refusal, path))
+
 
 def _respond(answer: tuple[int, dict[str, str], bytes]) -> HttpResponse:
     status, headers, body = answer
