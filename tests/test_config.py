@@ -46,10 +46,14 @@ DESIGN_VARIABLES = (
     "BALDUR_MEMORY_MAX_KEYS",
     "BALDUR_IPV6_PREFIX",
     "BALDUR_REQUIRE_SHARED_STORE",
+    "BALDUR_ADMIN_KEYS",
+    "BALDUR_ADMIN_ADDR",
 )
 #: Settings added beyond the design's table (issue 5: idempotency).
 EXTRA_VARIABLES = ("BALDUR_IDEMPOTENCY_FAIL_OPEN", "BALDUR_IDEMPOTENCY_MAX_BYTES", "BALDUR_MEMORY_MAX_RESPONSE_BYTES",
-                   "BALDUR_IDEMPOTENCY_MAX_RECORDS")
+                   "BALDUR_IDEMPOTENCY_MAX_RECORDS",
+                   # issue 12: the host names the admin API answers to besides loopback (DNS rebinding).
+                   "BALDUR_ADMIN_HOSTS")
 
 BAD_ENV: dict[str, tuple[str, ...]] = {
     "BALDUR_REDIS_URL": ("localhost:6379", "http://localhost:6379/0", "redis:/localhost", "memcached://x"),
@@ -76,6 +80,10 @@ BAD_ENV: dict[str, tuple[str, ...]] = {
     "BALDUR_IPV6_PREFIX": ("47", "129", "64.5", "wide"),
     "BALDUR_IDEMPOTENCY_MAX_RECORDS": ("-1", "many", "2.5"),
     "BALDUR_REQUIRE_SHARED_STORE": ("maybe", "2", "-1"),
+    "BALDUR_ADMIN_KEYS": ("viewer", "root:0123456789abcdef0123", "viewer:short", "viewer:",
+                          "viewer:0123456789abcdef,admin:0123456789abcdef", "@/nonexistent/admin-keys"),
+    "BALDUR_ADMIN_ADDR": ("9180", "localhost", "127.0.0.1:99999", "127.0.0.1:port", "", "127.0.0.1:0"),
+    "BALDUR_ADMIN_HOSTS": ("admin.example:443", "bad host", "http://x", "*"),
 }
 BAD_ENV_CASES = [(name, value) for name, values in BAD_ENV.items() for value in values]
 
@@ -123,7 +131,15 @@ def test_bad_variable_is_a_config_error_naming_variable_value_and_example(name: 
         load_settings(environ={name: value})
     message = str(caught.value)
     assert message.startswith(f"{name}=")
-    assert repr(value) in message
+    if name == "BALDUR_ADMIN_KEYS" and not value.startswith("@"):
+        # A key is a secret: the message names the entry by position and key id, never the key itself.
+        assert "entry " in message
+        for entry in value.split(","):
+            key = entry.partition(":")[2] if ":" in entry else entry
+            if key and key not in ("viewer", "operator", "admin"):
+                assert key not in message.replace(name, "")
+    else:
+        assert repr(value) in message
     assert f"for example: {caught.value.example}" in message
     good = env_example_value(name, caught.value.example)
     load_settings(environ={name: good})  # the example given is itself good
