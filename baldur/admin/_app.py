@@ -32,7 +32,7 @@ from baldur.policies.breaker import Breaker, State
 from baldur.policies.rate_limit import RateLimit
 from baldur.stores._admin import AuditEntry, BreakerView, Forced, Transition
 
-__all__ = ["CSP", "AdminApp", "AdminRequest", "AdminResponse", "Principal", "Role"]
+__all__ = ["CSP", "AdminApp", "AdminRequest", "AdminResponse", "NotAuthorised", "Principal", "Role"]
 
 #: The console's Content-Security-Policy (and every answer's: none of them may be framed or run script).
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -80,6 +80,15 @@ class AdminResponse:
     status: int
     headers: list[tuple[str, str]]
     body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NotAuthorised:
+    """A face that authenticates requests itself (Django: the user and its groups) found no role:
+    an API route answers ``status`` (401: nobody logged in; 403: a user without a role)."""
+
+    status: int
+    detail: str
 
 
 class _Problem(Exception):
@@ -136,9 +145,11 @@ class AdminApp:
     ``BALDUR_ADMIN_HOSTS``; ``per_client_limit`` is the web hooks' per-client limit, if any."""
 
     def __init__(self, *, keys: AdminKeys | None = None, hosts: tuple[str, ...] | None = None,
-                 per_client_limit: RateLimit | None = None) -> None:
+                 per_client_limit: RateLimit | None = None, host_checked: bool = False) -> None:
         self._keys = keys
         self._hosts = hosts
+        #: The face has validated ``Host`` itself (Django, against its ``ALLOWED_HOSTS``).
+        self._host_checked = host_checked
         self.per_client_limit = per_client_limit
         self._warned_no_keys = False
         #: Client address → when (monotonic) its failed attempts stop being refused here.
@@ -146,7 +157,8 @@ class AdminApp:
 
     # -- the entry point ------------------------------------------------------------
 
-    async def handle(self, request: AdminRequest, principal: Principal | None = None) -> AdminResponse:
+    async def handle(self, request: AdminRequest,
+                     principal: Principal | NotAuthorised | None = None) -> AdminResponse:
         """Answer ``request``. ``principal``: who is asking, when the face authenticated the
         request itself (a Django adapter); else the bearer key decides."""
         try:
@@ -156,7 +168,7 @@ class AdminApp:
         except StoreUnavailable as exc:
             return _Problem(503, "Store unavailable", str(exc), headers=[("retry-after", "1")]).response()
 
-    async def _handle(self, request: AdminRequest, principal: Principal | None) -> AdminResponse:
+    async def _handle(self, request: AdminRequest, principal: Principal | NotAuthorised | None) -> AdminResponse:
         runtime = _runtime.current()
         self._check_host(request, runtime)
         segments = _segments(request.path)
@@ -166,6 +178,11 @@ class AdminApp:
         route = _match(method, segments)
         if principal is None:
             principal = await self._authenticate(request, runtime)
+        elif isinstance(principal, NotAuthorised):
+            if principal.status == 401:
+                raise _Problem(401, "Unauthorized", principal.detail,
+                               headers=[("www-authenticate", 'Session realm="baldur"')])
+            raise _Problem(403, "Forbidden", principal.detail)
         handler, role, params = route
         if principal.role < role:
             raise _Problem(403, "Forbidden", f"this needs the {role} role; key {principal.key_id} has the "
@@ -179,7 +196,7 @@ class AdminApp:
         host = request.headers.get("host", "")
         name = _host_name(host)
         hosts = self._hosts if self._hosts is not None else runtime.settings.admin_hosts
-        if name is None or not (_is_loopback(name) or name in hosts):
+        if not self._host_checked and (name is None or not (_is_loopback(name) or name in hosts)):
             raise _Problem(403, "Host not allowed",
                            f"the admin API answers only to loopback hosts and those of BALDUR_ADMIN_HOSTS, "
                            f"not Host {_log.escape(host[:100])!r}")

@@ -45,3 +45,24 @@ print(client.get("/demo").status_code)
     assert out.splitlines() == ["200 {'status': 'ok', 'service': 'demo'}",
                                 "503 application/problem+json True",
                                 "200"]
+
+
+def test_the_admin_mount_answers_by_the_users_group(tmp_path: Path) -> None:
+    run(tmp_path, "manage.py", "migrate", "--verbosity", "0")
+    out = run(tmp_path, "-c", """
+import json
+import django
+django.setup()
+from django.contrib.auth.models import Group, User
+from django.test import Client
+anonymous = Client(SERVER_NAME="localhost").get("/baldur/api/v1/breakers")
+print(anonymous.status_code, anonymous["Content-Type"])
+viewer = User.objects.create_user("vera", password="pw")
+viewer.groups.add(Group.objects.get(name="baldur_viewer"))
+client = Client(SERVER_NAME="localhost")
+client.force_login(viewer)
+breakers = client.get("/baldur/api/v1/breakers")
+print(breakers.status_code, [b["name"] for b in json.loads(breakers.content)["breakers"]])
+print(client.get("/baldur/api/v1/audit").status_code)
+""")
+    assert out.splitlines() == ["401 application/problem+json", "200 ['demo']", "403"]

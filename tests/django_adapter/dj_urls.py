@@ -1,10 +1,10 @@
-"""``/<behaviour>/<kind>`` for every view of ``dj_views``, plus Django's login view."""
+"""``/<behaviour>/<kind>`` for every view of ``dj_views``, plus Django's login view and Baldur's admin."""
 
 from __future__ import annotations
 
 from dj_views import VIEWS, PrivateOrders, hold
 from django.contrib.auth.views import LoginView
-from django.urls import path
+from django.urls import include, path
 from django.utils.decorators import method_decorator
 
 import baldur
@@ -21,4 +21,5 @@ urlpatterns = [
     path("private/orders", PrivateOrders.as_view(), name="private-orders"),
     path("login/", BruteForceSafeLogin.as_view(), name="login"),
     path("hold", hold),
+    path("baldur/", include("baldur.adapters.django.urls")),
 ]

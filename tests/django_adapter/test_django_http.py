@@ -144,6 +144,9 @@ def test_a_view_that_overruns_its_timeout_answers_504(mode: str, kind: str) -> N
     assert body["title"] == "Gateway Timeout"
 
 
+# Closing the broken stream fires Django's request_finished, which closes old database connections:
+# once an earlier test has opened the test database, that is database access.
+@pytest.mark.django_db
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_stream_that_breaks_while_sent_is_a_failure_settled_when_closed(mode: str, kind: str) -> None:
     site = Site(mode)

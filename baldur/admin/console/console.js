@@ -25,6 +25,12 @@ const ROOT = new URL("../", import.meta.url);
 
 const $ = (id) => document.getElementById(id);
 
+// "key": log in with an admin key (baldur admin, a Flask mount). "session": the site that serves the page
+// authenticates (a Django mount: the user's session and groups), and a change carries its CSRF token.
+const meta = (name) => document.querySelector(`meta[name="${name}"]`)?.content ?? "";
+const SESSION_AUTH = meta("baldur-auth") === "session";
+const CSRF_TOKEN = meta("baldur-csrf");
+
 const state = {
   key: null,
   role: null,
@@ -47,8 +53,14 @@ class ApiError extends Error {
 // ---- talking to the API ------------------------------------------------------------------------
 
 async function api(path, { method = "GET", body, key = state.key } = {}) {
-  const headers = { Accept: "application/json", Authorization: `Bearer ${key}` };
-  const init = { method, headers, cache: "no-store", credentials: "omit", redirect: "error" };
+  const headers = { Accept: "application/json" };
+  const init = { method, headers, cache: "no-store", credentials: SESSION_AUTH ? "same-origin" : "omit",
+    redirect: "error" };
+  if (!SESSION_AUTH) {
+    headers.Authorization = `Bearer ${key}`;
+  } else if (method !== "GET" && CSRF_TOKEN) {
+    headers["X-CSRFToken"] = CSRF_TOKEN;
+  }
   if (body !== undefined) {
     headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
@@ -425,6 +437,12 @@ function startSession(key, whoami) {
 function logOut(message) {
   state.generation += 1;
   clearTimeout(state.pollTimer);
+  if (SESSION_AUTH) { // the site's session ended: only the site can log in again
+    $("dashboard").hidden = true;
+    $("session").hidden = true;
+    showError("This site no longer knows you (401): log in to it again, then reload this page.");
+    return;
+  }
   sessionStorage.removeItem(KEY_STORAGE);
   Object.assign(state, { key: null, role: null, keyId: null });
   if ($("action-dialog").open) $("action-dialog").close();
@@ -483,6 +501,10 @@ function blockLogin(seconds) {
 }
 
 async function resumeSession() {
+  if (SESSION_AUTH) {
+    resumeSiteSession();
+    return;
+  }
   if (state.key) return; // logged in meanwhile, by hand
   const key = sessionStorage.getItem(KEY_STORAGE);
   if (!key) {
@@ -502,6 +524,22 @@ async function resumeSession() {
       showError(error.message);
       setTimeout(resumeSession, error.retryAfter != null ? error.retryAfter * 1000 : RETRY_UNREACHABLE_MS);
     }
+  }
+}
+
+// A Django mount: the site's own session says who this is; there is no key to type and no log out here.
+async function resumeSiteSession() {
+  $("logout").hidden = true;
+  try {
+    const whoami = await api("api/v1/whoami");
+    startSession(null, whoami);
+  } catch (error) {
+    if (!(error instanceof ApiError)) throw error;
+    $("session").hidden = true;
+    $("dashboard").hidden = true;
+    showError(error.status === 401 ? "Log in to this site first, as a user in one of the groups baldur_viewer, "
+      + "baldur_operator or baldur_admin (or as a superuser), then reload this page." : error.message);
+    if (error.status === 0 || error.status >= 500) setTimeout(resumeSiteSession, RETRY_UNREACHABLE_MS);
   }
 }
 

@@ -1,7 +1,9 @@
-from django.urls import path
+from django.urls import include, path
 
 from quickstart import views
 
 urlpatterns = [
     path("demo", views.demo),
+    # Baldur's admin API and Web Console, for users in the baldur_* groups (and superusers).
+    path("baldur/", include("baldur.adapters.django.urls")),
 ]
