@@ -368,7 +368,7 @@ class AdminApp:
     async def _audit(self, ctx: _Context, store: _AdminStore, action: str, target: str, reason: str,
                      for_seconds: float | None) -> None:
         entry = AuditEntry(time.time(), ctx.principal.key_id, action, target, reason, for_seconds)
-        _logger.warning("admin.change: %s %s by %s: %s", action, _log.escape(target), entry.key_id,
+        _logger.warning("admin.change: %s %s by %s: %s", action, _log.escape(target), _log.escape(entry.key_id),
                         _log.escape(reason), extra={"baldur": {
                             "event": "admin.change", "name": target, "action": action, "key_id": entry.key_id,
                             "reason": reason, "for_seconds": for_seconds}})
