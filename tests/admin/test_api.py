@@ -145,8 +145,9 @@ def test_the_answers_carry_what_the_contract_says(admin: Admin) -> None:
     breakers = admin.call("GET", "/api/v1/breakers", "viewer")[2]["breakers"]
     names = [b["name"] for b in breakers]
     assert names == sorted(names)  # every breaker this process declared, by name
-    assert breakers[names.index("payments")] == {"name": "payments", "state": "closed", "failure_rate": None, "calls": 0, "failures": 0,
-                           "opened_at": None, "open_until": None, "forced": None}
+    assert breakers[names.index("payments")] == {
+        "name": "payments", "state": "closed", "failure_rate": None, "calls": 0, "failures": 0, "opened_at": None,
+        "open_until": None, "forced": None}
     limits = admin.call("GET", "/api/v1/limits", "viewer")[2]["limits"]
     assert {"name": "default", "rate_limit": "1000/minute", "max_concurrency": None, "in_flight": 0} in limits
 
