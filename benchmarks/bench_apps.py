@@ -15,6 +15,9 @@ where ``asgi`` is the Flask app behind a2wsgi's ``WSGIMiddleware``).
   ``BENCH_LIMITER_STORAGE``;
 * ``pybreaker``: the view wrapped by a ``pybreaker.CircuitBreaker()``;
 * ``floor``: one plain ``EVALSHA`` per request with redis-py's sync client (``BENCH_REDIS_URL``);
+* ``propagation``: ``quickstart`` plus a thread that watches this worker's mirror of the breaker
+  ``bench-propagation`` and reports each change (pid, state, wall-clock time) to the Redis list
+  ``bench:propagation`` (``bench_propagation.py`` reads it);
 * ``slow``: a view that sleeps ``BENCH_SLEEP_MS`` (50); with ``BENCH_BALDUR=1`` behind
   ``init_flask`` + ``protected``.
 
@@ -128,6 +131,37 @@ def _floor() -> Flask:
     return app
 
 
+#: The breaker whose openings ``bench_propagation.py`` times, and the list the workers report to.
+PROPAGATION_BREAKER = "bench-propagation"
+PROPAGATION_REPORTS = "bench:propagation"
+#: How often a worker's watcher looks at its mirror (the figure's resolution).
+PROPAGATION_POLL_SECONDS = 0.0005
+
+
+def _propagation() -> Flask:
+    import threading
+
+    import redis
+
+    from baldur import _runtime
+
+    app = _quickstart()
+    reports = redis.Redis.from_url(os.environ["BALDUR_REDIS_URL"], socket_timeout=5.0)
+
+    def watch() -> None:
+        store: Any = _runtime.current().async_
+        last: str | None = ""
+        while True:
+            state = store.mirrored(PROPAGATION_BREAKER)
+            if state != last:
+                reports.rpush(PROPAGATION_REPORTS, f"{os.getpid()} {state} {time.time():.6f}")
+                last = state
+            time.sleep(PROPAGATION_POLL_SECONDS)
+
+    threading.Thread(target=watch, name="bench-propagation-watch", daemon=True).start()
+    return app
+
+
 class EchoSent:
     """WSGI middleware: copy ``X-Request-Start`` into the answer as ``X-Bench-Sent``."""
 
@@ -173,6 +207,7 @@ BUILDERS: dict[str, Callable[[], Flask]] = {
     "limiter": _limiter,
     "pybreaker": _pybreaker,
     "floor": _floor,
+    "propagation": _propagation,
     "slow": _slow,
 }
 

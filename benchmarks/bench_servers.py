@@ -121,6 +121,8 @@ def variants(redis_url: str | None, server: str = "gunicorn-sync") -> list[Varia
         found += [Variant(key, label, dict(env)) for key, label, env in DJANGO]
     if redis_url is not None:
         found += [
+            Variant("baldur-redis-breaker", "Baldur quickstart, Redis, no limit (breaker only)",
+                    {"BENCH_APP": "quickstart", "BALDUR_REDIS_URL": redis_url}),
             Variant("baldur-redis", "Baldur quickstart, Redis, rate limit on",
                     {"BENCH_APP": "quickstart", "BALDUR_REDIS_URL": redis_url, "BALDUR_RATE_LIMIT": LIMIT}),
             Variant("baldur-redis-view", "Baldur, Redis, limit on the view",
@@ -244,7 +246,7 @@ def report_servers(results: list[ServerResult], rounds: int, seconds: float) -> 
             errors = sum(run["connect"] + run["read"] + run["write"] + run["timeout"] for run in v.runs)
             low, high = min(run["rps"] for run in v.runs), max(run["rps"] for run in v.runs)
             rows.append([v.label, f"{rps:.0f}", f"{low:.0f}–{high:.0f}", fmt(ratio(rps, base)),
-                         "–" if v.key in ("bare", "floor", "baldur-memory")
+                         "–" if v.key in ("bare", "floor", "baldur-memory", "baldur-redis-breaker")
                          or v.key.startswith("django-")
                          else fmt(ratio(rps, floor)),
                          fmt(v.figure("p50_us") / 1000), fmt(v.figure("p99_us") / 1000),
@@ -266,6 +268,9 @@ def report_servers(results: list[ServerResult], rounds: int, seconds: float) -> 
              "dedicated machine; the ratios are what to compare",
              "- uvicorn: uvloop + httptools, the Flask app behind a2wsgi's `WSGIMiddleware` (a thread pool of "
              "10 per worker)",
+             "- `no limit (breaker only)`: the quickstart with `BALDUR_REDIS_URL` and nothing else; its closed "
+             "breaker is admitted from the worker's mirror (no Redis command per request, successes written "
+             "behind), so it is compared with bare Flask, not with the floor",
              f"- Redis variants: `BALDUR_RATE_LIMIT={LIMIT}` for Baldur (read by the quickstart's `init_flask`), "
              f"the same `{LIMIT}` default limit for Flask-Limiter (fixed window); "
              "`limit on the view` is `@baldur.protected(\"demo\", rate_limit=...)` with no app-wide limit, "

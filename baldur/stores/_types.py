@@ -122,6 +122,10 @@ class AsyncStore(Protocol):
     def defer(self, ticket: Ticket, outcome: Outcome) -> bool:
         """Record ``outcome`` without I/O if it can wait (written behind); ``False`` if it must be sent."""
 
+    def admit_without_io(self, plan: Plan, client: str | None = None, extra: ExtraLimit | None = None
+                         ) -> Ticket | None:
+        """Admit at once when no I/O is needed (raise ``Rejected`` as ``admit`` would); else ``None``."""
+
     async def admit(self, plan: Plan, client: str | None = None, extra: ExtraLimit | None = None) -> Ticket: ...
 
     async def finish(self, ticket: Ticket, outcome: Outcome) -> None: ...

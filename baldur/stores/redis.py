@@ -6,10 +6,19 @@ scripts mirror ``baldur.policies`` rule for rule; the test suite runs the same
 sequences against this store and the memory store and expects the same
 decisions.
 
-On the request's critical path there is one round trip: *admit*. A success is
-not sent at once: it is counted in this process and carried by the next
-script call for the same breaker, or flushed by the background loop within
-``FLUSH_SECONDS``; failures, half-open trials and concurrency leases are
+On the request's critical path there is at most one round trip: *admit*, and
+none for a call whose only shared state is a closed breaker. Every worker keeps
+a mirror of the breakers' states: the scripts publish each change of state (on
+``<prefix>:breakers``, in the order Redis made them) and the background loop
+applies them. While the mirror is listening and reads closed (or forced
+closed), such a call is admitted without asking Redis; a breaker the mirror
+does not know, or knows open or half-open, is asked (half-open trials stay
+exact). The mirror is emptied whenever its subscription is (re)made or Redis
+is found down, and learns each breaker again from the next round trip.
+
+A success is not sent at once: it is counted in this process and carried by
+the next script call for the same breaker, or flushed by the background loop
+within ``FLUSH_SECONDS``; failures, half-open trials and concurrency leases are
 settled at once, so write-behind never blunts a breaker.
 
 Connections belong to the loop that made them: each long-lived loop of ours
@@ -70,6 +79,7 @@ try:
     import redis.asyncio as aioredis
     from redis.asyncio.retry import Retry as RedisRetry
     from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import NoScriptError, RedisError
 except ImportError as exc:
     # Until Baldur is published, the registry's baldur-framework is another project: name what works.
@@ -77,7 +87,7 @@ except ImportError as exc:
                       "pip install -e '.[redis]' in a checkout of Baldur, or pip install 'redis[hiredis]>=5.0'"
                       ) from exc
 
-__all__ = ["FLUSH_SECONDS", "RedisStore"]
+__all__ = ["FLUSH_SECONDS", "MIRROR_CHANNEL", "RedisStore"]
 
 #: How often the background loop sends written-behind successes.
 FLUSH_SECONDS = 0.05
@@ -97,6 +107,14 @@ CONCURRENCY_LEASE_SECONDS = 60.0
 FORCED_TTL_SECONDS = 30 * 86400
 #: An admin operation (a scan of the breakers, a read of the audit) may take this long: not a request's budget.
 ADMIN_BUDGET_SECONDS = 2.0
+#: The channel (after the key prefix) on which the scripts publish every change of a breaker's state.
+MIRROR_CHANNEL = "breakers"
+#: After its subscription broke, the mirror subscribes again this often (it is unused meanwhile).
+RESUBSCRIBE_SECONDS = 0.1
+#: The mirror forgets everything when it holds this many breakers (it learns them again).
+MIRROR_MAX_BREAKERS = 10_000
+#: The states whose calls the mirror admits without asking Redis.
+_MIRROR_ADMITS = frozenset({str(State.CLOSED), str(State.FORCED_CLOSED)})
 
 _log_store = logging.getLogger("baldur.store")
 _OUTCOME_CODE = {Outcome.SUCCESS: "s", Outcome.FAILURE: "f", Outcome.IGNORED: "i"}
@@ -115,6 +133,16 @@ class _Script:
         self.name = name
         self.text = _script(name)
         self.sha = hashlib.sha1(self.text.encode()).hexdigest()
+        self._head = b"$7\r\nEVALSHA\r\n$40\r\n" + self.sha.encode() + b"\r\n"
+
+    def packed(self, keys: Sequence[str], args: Sequence[Any]) -> bytes:
+        """The EVALSHA command in RESP, packed here: the part that never changes is packed once."""
+        count = b"%d" % len(keys)
+        parts = [b"*%d\r\n" % (len(keys) + len(args) + 3), self._head, b"$%d\r\n%s\r\n" % (len(count), count)]
+        for item in (*keys, *args):
+            data = item.encode() if isinstance(item, str) else repr(item).encode()
+            parts += (b"$%d\r\n" % len(data), data, b"\r\n")
+        return b"".join(parts)
 
 
 class _RedisDown(Exception):
@@ -179,6 +207,12 @@ class RedisStore:
         # loop → (connection epoch, client): a client of an older epoch is renewed on next use.
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[int, aioredis.Redis]] = (
             weakref.WeakKeyDictionary())
+        # loop → (connection epoch, connection): a sync caller's loop sends scripts on one
+        # connection of its own (it runs one operation at a time), with no pool in between.
+        # ``None``: the loop's connection of this epoch was dropped (a late answer); its next
+        # one is a replacement, not warm-up (see ``_run``).
+        self._connections: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[int, aioredis.Connection | None]] = weakref.WeakKeyDictionary()
         self._epoch = 0
         self._lock = threading.Lock()
         self._pending: dict[str, list[Any]] = {}  # breaker key → [plan, successes, first deferred at]
@@ -197,6 +231,15 @@ class RedisStore:
         self._unlogged = 0  # transitions not logged since the last line
         self._lease_ids = itertools.count()
         self._token = secrets.token_hex(4)
+        # The mirror: breaker key → (state, until: when a forced state lapses, epoch s; 0 = never).
+        # Used only while ``_listening``; ``_heard`` counts the messages applied, ``_generation``
+        # the subscriptions made, so that an answer read before a change never overwrites it.
+        self._mirror: dict[str, tuple[str, float]] = {}
+        self._mirror_keys: dict[str, str] = {}  # breaker name → its key
+        self._listening = False
+        self._heard = 0
+        self._generation = 0
+        self._listener: Any = None  # the background task that keeps the subscription
         _stores.add(self)
 
     def __repr__(self) -> str:
@@ -213,7 +256,28 @@ class RedisStore:
 
     # -- the operations ---------------------------------------------------
 
+    def admit_without_io(self, plan: Plan, client: str | None = None, extra: ExtraLimit | None = None
+                         ) -> Ticket | None:
+        """Admit a call that needs nothing exact from Redis (no shared state, or only a breaker the
+        mirror reads closed) at once; ``None`` if it must be asked."""
+        if extra is not None or plan.needs_lock:
+            return None
+        if plan.breaker is None:
+            return plan.plain_ticket
+        if not self._listening or self.down:
+            return None
+        key = self._mirror_keys.get(plan.name)
+        if key is None:
+            key = self._mirror_key(plan.name)
+        record = self._mirror.get(key)
+        if record is None or record[0] not in _MIRROR_ADMITS or (record[1] and time.time() >= record[1]):
+            return None
+        return plan.plain_ticket
+
     async def admit(self, plan: Plan, client: str | None = None, extra: ExtraLimit | None = None) -> Ticket:
+        at_once = self.admit_without_io(plan, client, extra)
+        if at_once is not None:
+            return at_once
         if self.down:
             return self._local_admit(plan, client, extra)
         rate = plan.rate_limit
@@ -231,6 +295,7 @@ class RedisStore:
             *self._breaker_args(breaker), pending,
             extra.limit.interval_us if extra else 0, extra.limit.tolerance_us if extra else 0,
         ]
+        heard, generation = self._heard, self._generation
         try:
             reply = await self._run("admit", keys, args)
         except _RedisDown:
@@ -238,6 +303,8 @@ class RedisStore:
             if not self.down:
                 self._refuse_if_exhausted(plan, client)
             return self._local_admit(plan, client, extra)
+        if len(reply) > 12:
+            self._learn(keys[2], reply[12], reply[13], heard, generation)
         code, remaining, retry_after, next_after, reset_after, trial, transitions = reply[:7]
         admission = Admission(code)
         self._announce(plan.name, transitions)
@@ -355,6 +422,7 @@ class RedisStore:
         """Delete every key under the prefix (for tests) and forget local state."""
         with self._lock:
             self._pending.clear()
+            self._forget_mirror()
         self.local.reset()
         client = self._client()
         async with self._bounded():
@@ -362,6 +430,9 @@ class RedisStore:
                 await client.unlink(key)
 
     async def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
         await self.flush()
 
     # -- warm-up, health and leases (the background loop) ----------------------
@@ -370,7 +441,10 @@ class RedisStore:
         """Warm a connection and the scripts on the background loop, outside any request's budget
         (now, and in a child after ``fork()``)."""
         self.started = True
-        background.portal().start_task_soon(self._warm)
+        portal = background.portal()
+        portal.start_task_soon(self._warm)
+        if self._listener is None:
+            self._listener = portal.start_task_soon(self._listen_forever)
 
     def check_reachable(self) -> None:
         """Raise ``StoreUnavailable`` unless Redis runs the health script now (for startup checks)."""
@@ -467,13 +541,17 @@ class RedisStore:
         keys = [self._key(plan.name, "c"), self._key(plan.name, "b")]
         args = [self._now(), lease or "", *self._breaker_args(plan.breaker), successes, outcome,
                 "1" if trial else "0"]
+        heard, generation = self._heard, self._generation
         try:
             transitions = await self._run("finish", keys, args)
         except _RedisDown:
             if successes:
                 self._restore_pending(plan, successes)
             return
-        self._announce(plan.name, transitions)
+        last = self._announce(plan.name, transitions)
+        if last:
+            # This worker's own change reaches its mirror now, not one message later.
+            self._learn(keys[1], last, "0", heard, generation)
 
     def _take_pending(self, key: str) -> int:
         if not self._pending:
@@ -541,10 +619,13 @@ class RedisStore:
         return ticket
 
     @staticmethod
-    def _announce(name: str, transitions: bytes | str) -> None:
+    def _announce(name: str, transitions: bytes | str) -> str:
+        """Log each transition; the last one (the breaker's state now), or ``''``."""
         text = transitions.decode() if isinstance(transitions, bytes) else transitions
-        for transition in text.split():
-            announce_transition(name, State(transition), shared=True)
+        last = ""
+        for last in text.split():
+            announce_transition(name, State(last), shared=True)
+        return last
 
     def _client(self) -> aioredis.Redis:
         loop = asyncio.get_running_loop()
@@ -574,8 +655,10 @@ class RedisStore:
         if loop is None or not is_home_loop(loop):
             return await self._hop(name, keys, args, loop)
         script = self._scripts[name]
-        cold = self._clients.get(loop) is None or self._clients[loop][0] != self._epoch
-        client = self._client()
+        # The background loop runs many operations at once: they share its client's pool.
+        own = loop is not background.loop
+        held = self._connections.get(loop) if own else self._clients.get(loop)
+        cold = held is None or held[0] != self._epoch
         try:
             # A loop's first connection (connect, handshake, the first use of the parser on a
             # busy machine) is warm-up, not an answer: it may take COLD_BUDGET_SECONDS, once per
@@ -584,18 +667,70 @@ class RedisStore:
             async with asyncio.timeout(None) as scope:
                 deadline = _Deadline(scope, budget)
                 try:
-                    reply = await client.evalsha(script.sha, len(keys), *keys, *args)
-                except NoScriptError:
-                    await client.script_load(script.text)
-                    reply = await client.evalsha(script.sha, len(keys), *keys, *args)
+                    if own:
+                        reply = await self._evalsha_own(loop, script, keys, args)
+                    else:
+                        client = self._client()
+                        try:
+                            reply = await client.evalsha(script.sha, len(keys), *keys, *args)
+                        except NoScriptError:
+                            await client.script_load(script.text)
+                            reply = await client.evalsha(script.sha, len(keys), *keys, *args)
                 finally:
                     deadline.cancel()
         except (RedisError, OSError, TimeoutError) as exc:
+            if own:
+                self._drop_connection(loop)
             self._failed(exc)
             raise _RedisDown(str(exc)) from exc
+        except BaseException:
+            if own:
+                self._drop_connection(loop)  # it may hold an answer no one will read
+            raise
         if self._late:
             self._late = 0
         return reply
+
+    async def _evalsha_own(self, loop: asyncio.AbstractEventLoop, script: _Script, keys: Sequence[str],
+                           args: Sequence[Any]) -> Any:
+        """One script on this loop's own connection: the command packed here, written, its answer read."""
+        held = self._connections.get(loop)
+        if held is None or held[0] != self._epoch or held[1] is None:
+            if held is not None:  # made before the last recovery: it may be dead
+                self._drop_connection(loop)
+            connection = self._client().connection_pool.make_connection()  # type: ignore[no-untyped-call]
+            self._connections[loop] = (self._epoch, connection)
+            kept = False
+        else:
+            connection, kept = held[1], True
+        packed = script.packed(keys, args)
+        loaded = False
+        while True:
+            try:
+                await connection.send_packed_command(packed, check_health=False)
+                return await connection.read_response()
+            except NoScriptError:
+                if loaded:
+                    raise
+                loaded = True
+                await connection.send_packed_command(connection.pack_command("SCRIPT", "LOAD", script.text),
+                                                     check_health=False)
+                await connection.read_response()
+            except (RedisConnectionError, OSError):
+                if not kept:
+                    raise
+                # A kept connection found broken (Redis restarted, an idle timeout): replaced once,
+                # inside the budget, before anything counts as down.
+                kept = False
+                await connection.disconnect(nowait=True)
+
+    def _drop_connection(self, loop: asyncio.AbstractEventLoop) -> None:
+        held = self._connections.get(loop)
+        if held is not None and held[1] is not None:
+            self._connections[loop] = (held[0], None)
+            closing = loop.create_task(held[1].disconnect(nowait=True))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
 
     async def _hop(self, name: str, keys: Sequence[str], args: Sequence[Any],
                    loop: asyncio.AbstractEventLoop | None) -> Any:
@@ -624,6 +759,7 @@ class RedisStore:
         reason = self._reason(exc)
         with self._lock:
             was_down, self.down, self.down_reason = self.down, True, reason
+            self._forget_mirror()  # after recovery each breaker is learnt again from Redis
             start_probe = not self._prober
             self._prober = True
         if not was_down:
@@ -718,9 +854,10 @@ class RedisStore:
         # The parent's clients stay referenced for good: if one were collected here while a loop
         # of ours runs, redis-py would close its connection through the parent's loop, whose
         # epoll instance the child shares, and unregister the parent's socket from it.
-        _inherited.append((self._clients, self._closing))
+        _inherited.append((self._clients, self._connections, self._closing))
         self._lock = threading.Lock()
         self._clients = weakref.WeakKeyDictionary()
+        self._connections = weakref.WeakKeyDictionary()
         self._pending = {}
         self._leases = {}
         self._flusher = self._prober = self._renewer = False
@@ -732,6 +869,7 @@ class RedisStore:
         self._shares, self._limit_shares = {}, {}
         self._exhausted = {}
         self._closing = set()
+        self._listener, self._listening, self._mirror = None, False, {}
         self.local.reset()
 
     # -- metrics (``baldur._metrics`` writes behind from every process; the admin reads) --
@@ -924,6 +1062,77 @@ class RedisStore:
         except (RedisError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"Redis at {self.redacted_url} did not answer the admin API "
                                    f"({self._reason(exc)})") from None
+
+    # -- the mirror of the breakers' states (the background loop keeps it) ---------------
+
+    @property
+    def mirroring(self) -> bool:
+        """The mirror is subscribed and in use: closed breakers are admitted without a round trip."""
+        return self._listening and not self.down
+
+    def mirrored(self, name: str) -> str | None:
+        """The state this process's mirror holds for breaker ``name`` (``None``: unknown, or the mirror
+        is not in use; then a call asks Redis)."""
+        if not self.mirroring:
+            return None
+        record = self._mirror.get(self._mirror_keys.get(name) or self._mirror_key(name))
+        return None if record is None else record[0]
+
+    def _mirror_key(self, name: str) -> str:
+        if len(self._mirror_keys) >= MIRROR_MAX_BREAKERS:
+            self._mirror_keys.clear()
+        key = self._mirror_keys[name] = self._key(name, "b")
+        return key
+
+    def _forget_mirror(self) -> None:
+        self._generation += 1
+        self._mirror = {}
+
+    def _learn(self, key: str, state: bytes | str, until: bytes | str, heard: int, generation: int) -> None:
+        """Put a state read by a round trip in the mirror, unless a message arrived meanwhile (it
+        may be newer) or the subscription was not yet made when the round trip started (a change
+        before it would not have reached the mirror)."""
+        if self._heard != heard or self._generation != generation or not self._listening:
+            return
+        if len(self._mirror) >= MIRROR_MAX_BREAKERS:
+            self._mirror = {}
+        self._mirror[key] = (_text(state), float(until))
+
+    def _hear(self, message: bytes | str) -> None:
+        state, until, key = _text(message).split(" ", 2)
+        self._heard += 1
+        if len(self._mirror) >= MIRROR_MAX_BREAKERS:
+            self._mirror = {}
+        self._mirror[key] = (state, float(until))
+
+    async def _listen_forever(self) -> None:
+        """Keep the mirror subscribed; while the subscription is broken the mirror is unused."""
+        channel = f"{self.prefix}:{MIRROR_CHANNEL}"
+        while True:
+            # Its own connection, which never reconnects by itself: a message missed while it
+            # was away must empty the mirror, and only a new subscription here does that.
+            client = aioredis.Redis.from_url(self.url, socket_timeout=None, socket_connect_timeout=self.timeout,
+                                             retry=RedisRetry(NoBackoff(), 0), health_check_interval=0)
+            pubsub = client.pubsub()
+            try:
+                await pubsub.subscribe(channel)
+                async for message in pubsub.listen():
+                    if message["type"] == "message":
+                        self._hear(message["data"])
+                    elif message["type"] == "subscribe":
+                        with self._lock:
+                            self._forget_mirror()
+                            self._listening = True
+            except (RedisError, OSError, ValueError):
+                pass
+            finally:
+                with self._lock:
+                    self._listening = False
+                    self._forget_mirror()
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await client.aclose()
+            await anyio.sleep(RESUBSCRIBE_SECONDS)
 
 
 _T = TypeVar("_T")

@@ -48,6 +48,10 @@ class SuspendingStore:
     def defer(self, ticket: Ticket, outcome: Outcome) -> bool:
         return False  # nothing is written behind: every outcome goes through ``finish``
 
+    def admit_without_io(self, plan: Plan, client: str | None = None, extra: ExtraLimit | None = None
+                         ) -> Ticket | None:
+        return None  # every admission goes through ``admit``
+
     async def admit(self, plan: Plan, client: str | None = None, extra: ExtraLimit | None = None) -> Ticket:
         await asyncio.sleep(0)
         return await self.inner.admit(plan, client, extra)

@@ -62,10 +62,27 @@ end
 
 local function br_load(key)
   local v = redis.call('HMGET', key, 'st', 'oa', 'cf', 'ti', 'ts', 'hs')
+  local st = v[1] or 'closed'
   return {
-    st = v[1] or 'closed', oa = tonumber(v[2]) or 0, cf = tonumber(v[3]) or 0,
-    ti = tonumber(v[4]) or 0, ts = tonumber(v[5]) or 0, hs = tonumber(v[6]) or 0, dirty = false,
+    st = st, oa = tonumber(v[2]) or 0, cf = tonumber(v[3]) or 0,
+    ti = tonumber(v[4]) or 0, ts = tonumber(v[5]) or 0, hs = tonumber(v[6]) or 0, dirty = false, was = st,
   }
+end
+
+-- The mirror (redis.py): every worker keeps a copy of each breaker's state record and
+-- admits a closed breaker's calls without asking Redis, so every change of state is
+-- published, in the order Redis made it, on <prefix>:breakers as '<state> <until> <key>'
+-- (until: when a forced state lapses, epoch seconds of the server clock; 0 = never).
+local function br_until(key, st)
+  if string.sub(st, 1, 7) ~= 'forced_' then return '0' end
+  return redis.call('HGET', key, 'fu') or '0'
+end
+
+local function br_publish(key, st)
+  local prefix = string.match(key, '^(.*):{[^{}]*}:b$')
+  if prefix ~= nil then
+    redis.call('PUBLISH', prefix .. ':breakers', st .. ' ' .. br_until(key, st) .. ' ' .. key)
+  end
 end
 
 local function br_save(key, s, ttl)
@@ -73,7 +90,13 @@ local function br_save(key, s, ttl)
     redis.call('HSET', key, 'st', s.st, 'oa', fmt(s.oa), 'cf', s.cf, 'ti', s.ti, 'ts', s.ts, 'hs', fmt(s.hs))
   end
   -- A forced state keeps the TTL its force gave it (admin: it outlives the window's TTL).
-  if string.sub(s.st, 1, 7) ~= 'forced_' and redis.call('EXISTS', key) == 1 then redis.call('EXPIRE', key, ttl) end
+  if string.sub(s.st, 1, 7) ~= 'forced_' then
+    redis.call('EXPIRE', key, ttl)  -- a no-op on a breaker that has no hash yet
+  end
+  if s.st ~= s.was then
+    br_publish(key, s.st)
+    s.was = s.st
+  end
 end
 
 local function win_add(key, now, width, failed, count)

@@ -9,7 +9,8 @@
 --       15 successes written behind since the last call
 --       16 extra interval in µs (0 = none), 17 extra tolerance in µs
 -- Returns {admission, remaining, retry_after, next_after, reset_after, trial, transitions,
---          extra: allowed, remaining, retry_after, next_after, reset_after}
+--          extra: allowed, remaining, retry_after, next_after, reset_after,
+--          the breaker's state and until after this call (for the mirror; only when it was read)}
 --   admission: one of the codes of baldur/stores/_decisions.py (Admission), defined before this script
 local now_us = clock(ARGV[1])
 local now = now_us / 1000000
@@ -58,7 +59,10 @@ if ARGV[7] == '1' then
   if string.find(transitions, '%S') then br_remember(KEYS[3], now, before, transitions) end  -- admin (issue 12)
   if admitted == 0 then
     if holds then redis.call('ZREM', KEYS[2], ARGV[5]) end
-    return {CIRCUIT_OPEN, remaining, fmt(wait), fmt(next_after), fmt(reset_after), 0, transitions, unpack(extra)}
+    return {CIRCUIT_OPEN, remaining, fmt(wait), fmt(next_after), fmt(reset_after), 0, transitions,
+            extra[1], extra[2], extra[3], extra[4], extra[5], s.st, br_until(KEYS[3], s.st)}
   end
+  return {ADMITTED, remaining, '0', fmt(next_after), fmt(reset_after), trial, transitions,
+          extra[1], extra[2], extra[3], extra[4], extra[5], s.st, br_until(KEYS[3], s.st)}
 end
 return {ADMITTED, remaining, '0', fmt(next_after), fmt(reset_after), trial, transitions, unpack(extra)}

@@ -8,4 +8,5 @@ if ARGV[1] ~= 'closed' then
   redis.call('HSET', KEYS[1], 'st', ARGV[1])
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 end
+br_publish(KEYS[1], ARGV[1])
 return ARGV[1]
