@@ -130,6 +130,23 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def before_checkout() -> tuple[str, str] | None:
+    """``BENCH_BEFORE=<a checkout>`` (an older commit of Baldur): its path and short revision. The
+    scenarios that honour it run their quickstart rows again with that checkout's package, in the same
+    run: a before/after comparison free of the day's noise."""
+    checkout = os.environ.get("BENCH_BEFORE")
+    if not checkout:
+        return None
+    revision = subprocess.run(["git", "-C", checkout, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=False).stdout.strip()
+    return checkout, revision or checkout
+
+
+def before_env(env: dict[str, str], checkout: str) -> dict[str, str]:
+    """``env`` for a child that imports this harness's apps and ``checkout``'s Baldur."""
+    return {**env, "PYTHONPATH": os.pathsep.join((str(HERE), checkout))}
+
+
 #: Straight to loopback, whatever proxy the environment names.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 

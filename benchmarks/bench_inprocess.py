@@ -37,6 +37,8 @@ if __package__ in (None, ""):
 from bench_common import (
     DEADLINE,
     PYTHON,
+    before_checkout,
+    before_env,
     child_env,
     fmt,
     log,
@@ -82,6 +84,11 @@ def variants(redis_url: str | None) -> list[Variant]:
                                                               "BENCH_LIMITER_STORAGE": "memory://"}),
         *DJANGO,
     ]
+    before = before_checkout()
+    if before is not None:  # BENCH_BEFORE: the quickstart again, with an older checkout's Baldur
+        checkout, revision = before
+        memory.append(Variant("before-quickstart-memory", f"Baldur quickstart, memory — before ({revision})",
+                              before_env({"BENCH_APP": "quickstart"}, checkout)))
     if redis_url is None:
         return memory
     return [*memory,

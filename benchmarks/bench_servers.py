@@ -37,6 +37,8 @@ from bench_common import (
     DEADLINE,
     HERE,
     PYTHON,
+    before_checkout,
+    before_env,
     child_env,
     fmt,
     log,
@@ -132,7 +134,20 @@ def variants(redis_url: str | None, server: str = "gunicorn-sync") -> list[Varia
             Variant("floor", "floor: one plain EVALSHA",
                     {"BENCH_APP": "floor", "BENCH_REDIS_URL": redis_url}),
         ]
-    return found
+    return found + before_variants(found, server)
+
+
+#: The rows that ``BENCH_BEFORE`` runs again with an older checkout (``bench_common.before_checkout``).
+BEFORE_KEYS = ("baldur-memory", "baldur-redis-breaker", "baldur-redis")
+
+
+def before_variants(found: list[Variant], server: str) -> list[Variant]:
+    before = before_checkout()
+    if before is None or server != "gunicorn-sync":
+        return []
+    checkout, revision = before
+    return [Variant(f"before-{v.key}", f"{v.label} — before ({revision})", before_env(v.env, checkout))
+            for v in found if v.key in BEFORE_KEYS]
 
 
 # -- one server, one wrk run ------------------------------------------------------
@@ -246,7 +261,8 @@ def report_servers(results: list[ServerResult], rounds: int, seconds: float) -> 
             errors = sum(run["connect"] + run["read"] + run["write"] + run["timeout"] for run in v.runs)
             low, high = min(run["rps"] for run in v.runs), max(run["rps"] for run in v.runs)
             rows.append([v.label, f"{rps:.0f}", f"{low:.0f}–{high:.0f}", fmt(ratio(rps, base)),
-                         "–" if v.key in ("bare", "floor", "baldur-memory", "baldur-redis-breaker")
+                         "–" if v.key.removeprefix("before-") in ("bare", "floor", "baldur-memory",
+                                                                  "baldur-redis-breaker")
                          or v.key.startswith("django-")
                          else fmt(ratio(rps, floor)),
                          fmt(v.figure("p50_us") / 1000), fmt(v.figure("p99_us") / 1000),

@@ -228,7 +228,8 @@ def init_flask(
     if admin is not None:
         from baldur.admin._wsgi import AdminMount
 
-        app.wsgi_app = AdminMount(app.wsgi_app, admin, options.per_client_limit)  # type: ignore[method-assign]
+        app.wsgi_app = AdminMount(app.wsgi_app, admin, options.per_client_limit,  # type: ignore[method-assign]
+                                  options.trust_proxy, options.ipv6_prefix)
     return runtime
 
 

@@ -26,6 +26,7 @@ from baldur import _log, _runtime
 from baldur._options import declared_breaker
 from baldur._protection import live_protections
 from baldur._version import __version__
+from baldur.adapters._http import normalise_address
 from baldur.admin._keys import AdminKeys, Principal, Role
 from baldur.errors import StoreUnavailable
 from baldur.policies.breaker import Breaker, State
@@ -217,7 +218,9 @@ class AdminApp:
             raise _Problem(503, "Admin API not configured",
                            "no admin key is configured (BALDUR_ADMIN_KEYS); the admin API never serves without one",
                            headers=[("retry-after", "3600")])
-        blocked_until = self._blocked.get(request.client, 0.0)
+        # An IPv6 client is its network (BALDUR_IPV6_PREFIX): rotating addresses earns no fresh guesses.
+        client = normalise_address(request.client or "unknown", runtime.settings.ipv6_prefix)
+        blocked_until = self._blocked.get(client, 0.0)
         wait = blocked_until - time.monotonic()
         if wait > 0:
             raise _too_many(wait)
@@ -225,11 +228,11 @@ class AdminApp:
         principal = keys.lookup(key.strip()) if scheme.lower() == "bearer" and key.strip() else None
         if principal is not None:
             return principal
-        decision = await runtime.async_.rate(f"admin-auth:{request.client}", FAILED_ATTEMPTS)
+        decision = await runtime.async_.rate(f"admin-auth:{client}", FAILED_ATTEMPTS)
         if not decision.allowed:
             if len(self._blocked) >= 10_000:
                 self._blocked.clear()
-            self._blocked[request.client] = time.monotonic() + decision.retry_after
+            self._blocked[client] = time.monotonic() + decision.retry_after
             raise _too_many(decision.retry_after)
         why = "no bearer key was sent" if not key.strip() else "the key is not one of BALDUR_ADMIN_KEYS"
         raise _Problem(401, "Unauthorized", f"{why}: send Authorization: Bearer <key>",
@@ -365,7 +368,7 @@ class AdminApp:
     async def _audit(self, ctx: _Context, store: _AdminStore, action: str, target: str, reason: str,
                      for_seconds: float | None) -> None:
         entry = AuditEntry(time.time(), ctx.principal.key_id, action, target, reason, for_seconds)
-        _logger.warning("admin.change: %s %s by %s: %s", action, _log.escape(target), entry.key_id,
+        _logger.warning("admin.change: %s %s by %s: %s", action, _log.escape(target), _log.escape(entry.key_id),
                         _log.escape(reason), extra={"baldur": {
                             "event": "admin.change", "name": target, "action": action, "key_id": entry.key_id,
                             "reason": reason, "for_seconds": for_seconds}})

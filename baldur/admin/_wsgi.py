@@ -11,6 +11,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from baldur.adapters._http import client_address
 from baldur.admin._app import MAX_BODY, AdminApp, AdminRequest
 from baldur.bridges import run_sync
 from baldur.errors import ConfigError
@@ -35,10 +36,13 @@ def check_prefix(prefix: object) -> str:
 class AdminMount:
     """Answers the requests under ``prefix`` with the admin API; passes every other one to ``app``."""
 
-    def __init__(self, app: _WSGIApp, prefix: str, per_client_limit: RateLimit | None = None) -> None:
+    def __init__(self, app: _WSGIApp, prefix: str, per_client_limit: RateLimit | None = None,
+                 trust_proxy: int = 0, ipv6_prefix: int = 64) -> None:
         self.app = app
         self.prefix = check_prefix(prefix)
         self.admin = AdminApp(per_client_limit=per_client_limit)
+        #: Behind trusted proxies the client is the one they saw, as for the app's own per-client limit.
+        self.trust_proxy, self.ipv6_prefix = trust_proxy, ipv6_prefix
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path: str = environ.get("PATH_INFO", "")
@@ -70,5 +74,6 @@ class AdminMount:
             length = 0
         body = environ["wsgi.input"].read(min(max(length, 0), MAX_BODY + 1)) if length > 0 else b""
         query = dict(urllib.parse.parse_qsl(environ.get("QUERY_STRING", "")))
-        return AdminRequest(environ.get("REQUEST_METHOD", "GET"), path, query, headers, body,
-                            environ.get("REMOTE_ADDR", ""), mounted)
+        client = client_address(environ.get("REMOTE_ADDR"), environ.get("HTTP_X_FORWARDED_FOR"), self.trust_proxy,
+                                environ.get("HTTP_FORWARDED"), self.ipv6_prefix)
+        return AdminRequest(environ.get("REQUEST_METHOD", "GET"), path, query, headers, body, client, mounted)

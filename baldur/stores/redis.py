@@ -893,6 +893,77 @@ class RedisStore:
         self._listener, self._listening, self._mirror = None, False, {}
         self.local.reset()
 
+    # -- the mirror of the breakers' states (the background loop keeps it) ---------------
+
+    @property
+    def mirroring(self) -> bool:
+        """The mirror is subscribed and in use: closed breakers are admitted without a round trip."""
+        return self._listening and not self.down
+
+    def mirrored(self, name: str) -> str | None:
+        """The state this process's mirror holds for breaker ``name`` (``None``: unknown, or the mirror
+        is not in use; then a call asks Redis)."""
+        if not self.mirroring:
+            return None
+        record = self._mirror.get(self._mirror_keys.get(name) or self._mirror_key(name))
+        return None if record is None else record[0]
+
+    def _mirror_key(self, name: str) -> str:
+        if len(self._mirror_keys) >= MIRROR_MAX_BREAKERS:
+            self._mirror_keys.clear()
+        key = self._mirror_keys[name] = self._key(name, "b")
+        return key
+
+    def _forget_mirror(self) -> None:
+        self._generation += 1
+        self._mirror = {}
+
+    def _learn(self, key: str, state: bytes | str, until: bytes | str, heard: int, generation: int) -> None:
+        """Put a state read by a round trip in the mirror, unless a message arrived meanwhile (it
+        may be newer) or the subscription was not yet made when the round trip started (a change
+        before it would not have reached the mirror)."""
+        if self._heard != heard or self._generation != generation or not self._listening:
+            return
+        if len(self._mirror) >= MIRROR_MAX_BREAKERS:
+            self._mirror = {}
+        self._mirror[key] = (_text(state), float(until))
+
+    def _hear(self, message: bytes | str) -> None:
+        state, until, key = _text(message).split(" ", 2)
+        self._heard += 1
+        if len(self._mirror) >= MIRROR_MAX_BREAKERS:
+            self._mirror = {}
+        self._mirror[key] = (state, float(until))
+
+    async def _listen_forever(self) -> None:
+        """Keep the mirror subscribed; while the subscription is broken the mirror is unused."""
+        channel = f"{self.prefix}:{MIRROR_CHANNEL}"
+        while True:
+            # Its own connection, which never reconnects by itself: a message missed while it
+            # was away must empty the mirror, and only a new subscription here does that.
+            client = aioredis.Redis.from_url(self.url, socket_timeout=None, socket_connect_timeout=self.timeout,
+                                             retry=RedisRetry(NoBackoff(), 0), health_check_interval=0)
+            pubsub = client.pubsub()
+            try:
+                await pubsub.subscribe(channel)
+                async for message in pubsub.listen():
+                    if message["type"] == "message":
+                        self._hear(message["data"])
+                    elif message["type"] == "subscribe":
+                        with self._lock:
+                            self._forget_mirror()
+                            self._listening = True
+            except (RedisError, OSError, ValueError):
+                pass
+            finally:
+                with self._lock:
+                    self._listening = False
+                    self._forget_mirror()
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await client.aclose()
+            await anyio.sleep(RESUBSCRIBE_SECONDS)
+
     # -- metrics (``baldur._metrics`` writes behind from every process; the admin reads) --
 
     async def add_metrics(self, counts: dict[str, dict[str, int]], breakers: list[str],
@@ -1083,77 +1154,6 @@ class RedisStore:
         except (RedisError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"Redis at {self.redacted_url} did not answer the admin API "
                                    f"({self._reason(exc)})") from None
-
-    # -- the mirror of the breakers' states (the background loop keeps it) ---------------
-
-    @property
-    def mirroring(self) -> bool:
-        """The mirror is subscribed and in use: closed breakers are admitted without a round trip."""
-        return self._listening and not self.down
-
-    def mirrored(self, name: str) -> str | None:
-        """The state this process's mirror holds for breaker ``name`` (``None``: unknown, or the mirror
-        is not in use; then a call asks Redis)."""
-        if not self.mirroring:
-            return None
-        record = self._mirror.get(self._mirror_keys.get(name) or self._mirror_key(name))
-        return None if record is None else record[0]
-
-    def _mirror_key(self, name: str) -> str:
-        if len(self._mirror_keys) >= MIRROR_MAX_BREAKERS:
-            self._mirror_keys.clear()
-        key = self._mirror_keys[name] = self._key(name, "b")
-        return key
-
-    def _forget_mirror(self) -> None:
-        self._generation += 1
-        self._mirror = {}
-
-    def _learn(self, key: str, state: bytes | str, until: bytes | str, heard: int, generation: int) -> None:
-        """Put a state read by a round trip in the mirror, unless a message arrived meanwhile (it
-        may be newer) or the subscription was not yet made when the round trip started (a change
-        before it would not have reached the mirror)."""
-        if self._heard != heard or self._generation != generation or not self._listening:
-            return
-        if len(self._mirror) >= MIRROR_MAX_BREAKERS:
-            self._mirror = {}
-        self._mirror[key] = (_text(state), float(until))
-
-    def _hear(self, message: bytes | str) -> None:
-        state, until, key = _text(message).split(" ", 2)
-        self._heard += 1
-        if len(self._mirror) >= MIRROR_MAX_BREAKERS:
-            self._mirror = {}
-        self._mirror[key] = (state, float(until))
-
-    async def _listen_forever(self) -> None:
-        """Keep the mirror subscribed; while the subscription is broken the mirror is unused."""
-        channel = f"{self.prefix}:{MIRROR_CHANNEL}"
-        while True:
-            # Its own connection, which never reconnects by itself: a message missed while it
-            # was away must empty the mirror, and only a new subscription here does that.
-            client = aioredis.Redis.from_url(self.url, socket_timeout=None, socket_connect_timeout=self.timeout,
-                                             retry=RedisRetry(NoBackoff(), 0), health_check_interval=0)
-            pubsub = client.pubsub()
-            try:
-                await pubsub.subscribe(channel)
-                async for message in pubsub.listen():
-                    if message["type"] == "message":
-                        self._hear(message["data"])
-                    elif message["type"] == "subscribe":
-                        with self._lock:
-                            self._forget_mirror()
-                            self._listening = True
-            except (RedisError, OSError, ValueError):
-                pass
-            finally:
-                with self._lock:
-                    self._listening = False
-                    self._forget_mirror()
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-                    await client.aclose()
-            await anyio.sleep(RESUBSCRIBE_SECONDS)
 
 
 _T = TypeVar("_T")

@@ -115,6 +115,7 @@ def test_a_frozen_or_killed_redis_mid_traffic_costs_no_request_more_than_half_a_
     traffic = Traffic(server)
     try:
         time.sleep(0.5)  # traffic flows before the fault (not a synchronisation: any time would do)
+        fault_at = time.monotonic()
         if fault == "sigstop-3s":
             restored.freeze()
             time.sleep(3)
@@ -129,13 +130,14 @@ def test_a_frozen_or_killed_redis_mid_traffic_costs_no_request_more_than_half_a_
         shared_after = time.monotonic() - back
     finally:
         answers = traffic.finish()
-    slowest = max(answer.seconds for _, _, answer in answers)
+    slowest, slowest_at = max((answer.seconds, at - answer.seconds - fault_at) for _, at, answer in answers)
     codes = statuses([answer for _, _, answer in answers])
     posts = [(at, answer) for method, at, answer in answers if method == "POST"]
     refused_during = sum(answer.status == 503 for at, answer in posts if at < back + shared_after)
     after = [answer for at, answer in posts if at >= back + shared_after]
     after += [post_order(server, uuid.uuid4().hex) for _ in range(20)]
-    print(f"\n{fault}: {len(answers)} requests, statuses {dict(codes)}, slowest {slowest:.3f} s; "
+    print(f"\n{fault}: {len(answers)} requests, statuses {dict(codes)}, slowest {slowest:.3f} s "
+          f"(sent {slowest_at:+.2f} s from the fault); "
           f"every worker shared again {shared_after:.2f} s after Redis returned; idempotent POSTs: "
           f"{refused_during} × 503 before that, {dict(statuses(after))} after")
     assert 500 not in codes and set(codes) <= {200, 201, 429, 503}, server.output()

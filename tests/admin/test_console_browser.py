@@ -322,3 +322,77 @@ def test_wrong_keys_are_refused_then_throttled_with_the_wait_counted_down(
     expect(button).to_have_text(re.compile(r"^Wait \d+ s$"))
     assert page.evaluate("sessionStorage.length") == 0
     intruder.assert_clean(url)
+
+
+# -- mounted in a Django site: the site's session, not a key ----------------------------------------
+
+QUICKSTART_DJANGO = HERE.parents[1] / "examples" / "quickstart_django"
+DJANGO_SITE = HERE.parents[1] / "tests" / "django_adapter"
+DJANGO_USERS = """
+from django.contrib.auth.models import Group, User
+oscar = User.objects.create_user("oscar", password="oscar-password")
+oscar.groups.add(Group.objects.get(name="baldur_operator"))
+User.objects.create_user("nemo", password="nemo-password", is_staff=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def django_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The Django quickstart (with a login page and a failing view ``/flaky``) under gunicorn, one
+    worker, its own SQLite file: ``oscar`` is in ``baldur_operator``, ``nemo`` is staff in no group."""
+    folder = tmp_path_factory.mktemp("console-django")
+    env = child_env(DJANGO_SETTINGS_MODULE="worker_site.settings", QUICKSTART_DB=str(folder / "db.sqlite3"))
+    env["PYTHONPATH"] = f"{DJANGO_SITE}:{QUICKSTART_DJANGO}:{env['PYTHONPATH']}"
+    for args in (["migrate", "--verbosity", "0"], ["shell", "-c", DJANGO_USERS]):
+        done = subprocess.run([PYTHON, "manage.py", *args], cwd=QUICKSTART_DJANGO, env=env, capture_output=True,
+                              timeout=120, check=False)
+        assert done.returncode == 0, done.stderr.decode()
+    port = free_port()
+    args = [*_gunicorn(port)[:-1], "quickstart.wsgi:application"]
+    with server_process(args, QUICKSTART_DJANGO, env, folder / "gunicorn.log") as proc:
+        status, _ = wait_for_http(f"http://127.0.0.1:{port}/healthz", proc, folder / "gunicorn.log")
+        assert status == 200, read_log(folder / "gunicorn.log")
+        yield f"http://127.0.0.1:{port}"
+
+
+def django_log_in(console: Console, url: str, user: str) -> None:
+    """Log in through the site's own login view, in the page's browser context (its cookies)."""
+    console.page.goto(url + "/login/")  # the test site's login template is a bare form body: post it here
+    token = console.page.locator("input[name=csrfmiddlewaretoken]").get_attribute("value")
+    answer = console.page.request.post(url + "/login/", max_redirects=0, headers={"Referer": url + "/login/"},
+                                       form={"csrfmiddlewaretoken": token or "", "username": user,
+                                             "password": f"{user}-password"})
+    assert answer.status == 302, answer.text()
+    console.page.goto(url + "/baldur/")
+
+
+def test_in_a_django_site_the_console_follows_the_users_group_and_sends_its_csrf_token(
+        django_url: str, open_console: Callable[..., Console]) -> None:
+    anonymous = open_console(django_url + "/baldur/")
+    expect(anonymous.page.locator("#error")).to_contain_text("Log in to this site first")
+    expect(anonymous.page.get_by_label("Admin key")).to_be_hidden()  # no key form: the site authenticates
+
+    staff = open_console(django_url + "/")
+    django_log_in(staff, django_url, "nemo")
+    expect(staff.page.locator("#error")).to_contain_text("django:nemo is in none of the groups")
+    expect(staff.page.locator("#dashboard")).to_be_hidden()
+
+    operator = open_console(django_url + "/")
+    django_log_in(operator, django_url, "oscar")
+    expect(operator.page.locator("#who")).to_have_text("django:oscar · operator")
+    expect(operator.page.locator("#logout")).to_be_hidden()
+    flaky = operator.breaker("flaky")
+    assert [http_get(django_url + "/flaky")[0] for _ in range(5)] == [500] * 5
+    assert http_get(django_url + "/flaky")[0] == 503
+    expect(flaky.locator(".badge-label")).to_have_text("open")
+
+    flaky.get_by_role("button", name="Force closed…").click()  # a POST: it must carry the CSRF token
+    dialog = operator.page.get_by_role("dialog")
+    dialog.get_by_label("Reason").fill("Downstream fixed; verified by hand")
+    dialog.get_by_role("button", name="Force closed").click()
+    expect(dialog).to_be_hidden()
+    expect(flaky.locator(".forced")).to_contain_text("Forced closed by django:oscar")
+    assert http_get(django_url + "/flaky")[0] == 500  # closed: the view runs (and fails) again
+    for console in (anonymous, staff, operator):
+        assert console.problems == []
+        assert console.page.evaluate("sessionStorage.length") == 0

@@ -134,11 +134,11 @@ def test_a_change_without_the_sessions_csrf_token_is_refused() -> None:
 
 def test_bearer_keys_do_not_open_the_django_mount(monkeypatch: pytest.MonkeyPatch) -> None:
     # One auth model, the site's: even with keys configured, a key is not a Django user.
-    from baldur.adapters.django import admin
+    from baldur.adapters.django import views
     from baldur.admin._keys import parse_admin_keys
 
     keys = parse_admin_keys("BALDUR_ADMIN_KEYS", "operator:operator-key-0123456789", "")
-    monkeypatch.setattr(admin._admin, "_keys", keys)
+    monkeypatch.setattr(views._admin, "_keys", keys)
     answer = Client().get(BREAKERS, headers={"Authorization": "Bearer operator-key-0123456789"})
     assert answer.status_code == 401
 

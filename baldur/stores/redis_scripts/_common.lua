@@ -89,10 +89,9 @@ local function br_save(key, s, ttl)
   if s.dirty then
     redis.call('HSET', key, 'st', s.st, 'oa', fmt(s.oa), 'cf', s.cf, 'ti', s.ti, 'ts', s.ts, 'hs', fmt(s.hs))
   end
-  -- A forced state keeps the TTL its force gave it (admin: it outlives the window's TTL).
-  if string.sub(s.st, 1, 7) ~= 'forced_' then
-    redis.call('EXPIRE', key, ttl)  -- a no-op on a breaker that has no hash yet
-  end
+  -- A forced state keeps the TTL its force gave it (admin: it outlives the window's TTL);
+  -- EXPIRE is a no-op on a breaker that has no hash yet.
+  if string.sub(s.st, 1, 7) ~= 'forced_' then redis.call('EXPIRE', key, ttl) end
   if s.st ~= s.was then
     br_publish(key, s.st)
     s.was = s.st

@@ -16,5 +16,5 @@ if target ~= 'closed' then
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
 end
 br_history(KEYS[1], now, before, target, ARGV[7])
-br_publish(KEYS[1], target)  -- every worker's mirror (redis.py)
+br_publish(KEYS[1], target)  -- every worker's mirror takes the forced state (or the reset) at once
 return {fmt(now), fmt(ends)}
