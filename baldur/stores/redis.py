@@ -28,7 +28,11 @@ views, trio) are handed to the background loop.
 
 Degraded is decided by evidence, not by one slow answer. Connections and
 scripts are warmed on the background loop after ``init()`` and after
-``fork()``, outside any request's budget (``BALDUR_REDIS_TIMEOUT_MS``). An
+``fork()``, and by the probe that ends an outage, outside any request's budget
+(``BALDUR_REDIS_TIMEOUT_MS``). A sync caller's loop connects its own
+connection outside any budget too: until it is connected, that loop's calls
+go through the background loop's warm client, so no request waits longer than
+the budget, its loop's first connection included. An
 answer later than the budget fails open for that request only; the store is
 marked down by a refused or broken connection (after one reconnect inside the
 budget, for a pooled connection that went stale), by an error answer (out of
@@ -37,8 +41,9 @@ memory, read-only replica, ACL: Redis refuses the work), or by
 Redis: rate limits, concurrency and breakers use this process's memory, each
 rate limit at this process's share (quota ÷ the workers the server detection
 knows of), so the fleet never admits more than the limit; a background probe
-runs a real writing script until it passes, then every loop's connections
-are renewed (a new connection epoch). The WARNING lines are damped: at most
+runs a real writing script until it passes, each attempt on a new connection
+epoch: every loop's connections are renewed, the background loop's by the
+attempt that passed. The WARNING lines are damped: at most
 one ``store.degraded``/``store.recovered`` pair per ``LOG_DAMPING_SECONDS``,
 the next line counting the transitions it stood for.
 """
@@ -99,8 +104,6 @@ DOWN_AFTER_TIMEOUTS = 3
 LOG_DAMPING_SECONDS = 10.0
 #: The warm-up and the probe run outside any request: they may wait this long at least.
 PROBE_BUDGET_SECONDS = 1.0
-#: A loop's first connection, inside a request, may take this long (see ``_run``).
-COLD_BUDGET_SECONDS = 0.3
 #: A concurrency lease held longer than this (a crashed worker's) is taken back.
 CONCURRENCY_LEASE_SECONDS = 60.0
 #: How long a forced breaker state is kept (every key has a TTL).
@@ -207,12 +210,12 @@ class RedisStore:
         # loop → (connection epoch, client): a client of an older epoch is renewed on next use.
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[int, aioredis.Redis]] = (
             weakref.WeakKeyDictionary())
-        # loop → (connection epoch, connection): a sync caller's loop sends scripts on one
-        # connection of its own (it runs one operation at a time), with no pool in between.
-        # ``None``: the loop's connection of this epoch was dropped (a late answer); its next
-        # one is a replacement, not warm-up (see ``_run``).
+        # loop → (connection epoch, connection, the task that connects it): a sync caller's loop
+        # sends scripts on one connection of its own (it runs one operation at a time), with no
+        # pool in between, once that task is done (see ``_own_connection``).
         self._connections: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, tuple[int, aioredis.Connection | None]] = weakref.WeakKeyDictionary()
+            asyncio.AbstractEventLoop, tuple[int, aioredis.Connection, asyncio.Task[None]]] = (
+            weakref.WeakKeyDictionary())
         self._epoch = 0
         self._lock = threading.Lock()
         self._pending: dict[str, list[Any]] = {}  # breaker key → [plan, successes, first deferred at]
@@ -657,18 +660,17 @@ class RedisStore:
         script = self._scripts[name]
         # The background loop runs many operations at once: they share its client's pool.
         own = loop is not background.loop
-        held = self._connections.get(loop) if own else self._clients.get(loop)
-        cold = held is None or held[0] != self._epoch
+        connection = self._own_connection(loop) if own else None
+        if own and connection is None:
+            # This loop's connection is still being made: its calls go to the background loop,
+            # whose client is warm, meanwhile (connecting is warm-up, never a call's budget).
+            return await self._hop(name, keys, args, loop)
         try:
-            # A loop's first connection (connect, handshake, the first use of the parser on a
-            # busy machine) is warm-up, not an answer: it may take COLD_BUDGET_SECONDS, once per
-            # loop and epoch, unless answers are already late (a frozen Redis must cost no more).
-            budget = max(self.timeout, COLD_BUDGET_SECONDS) if cold and not self._late else self.timeout
             async with asyncio.timeout(None) as scope:
-                deadline = _Deadline(scope, budget)
+                deadline = _Deadline(scope, self.timeout)
                 try:
-                    if own:
-                        reply = await self._evalsha_own(loop, script, keys, args)
+                    if connection is not None:
+                        reply = await self._evalsha_own(connection, script, keys, args)
                     else:
                         client = self._client()
                         try:
@@ -691,20 +693,35 @@ class RedisStore:
             self._late = 0
         return reply
 
-    async def _evalsha_own(self, loop: asyncio.AbstractEventLoop, script: _Script, keys: Sequence[str],
+    def _own_connection(self, loop: asyncio.AbstractEventLoop) -> aioredis.Connection | None:
+        """This loop's own connection once it is connected; else ``None``, and it is being connected
+        by a task of this loop's, which advances whenever the loop runs, outside any call's budget:
+        on a busy machine connect and handshake can outlast the budget, and a frozen Redis must
+        not cost a request more than the budget either."""
+        held = self._connections.get(loop)
+        if held is not None:
+            epoch, connection, connecting = held
+            if epoch == self._epoch:
+                if not connecting.done():
+                    return None
+                if not connecting.cancelled() and connecting.exception() is None:
+                    return connection
+            self._drop_connection(loop)  # it failed to connect, or was made before the last recovery
+        connection = self._client().connection_pool.make_connection()  # type: ignore[no-untyped-call]
+        connecting = loop.create_task(self._connect_own(connection))
+        connecting.add_done_callback(_retrieve_exception)
+        self._connections[loop] = (self._epoch, connection, connecting)
+        return None
+
+    async def _connect_own(self, connection: aioredis.Connection) -> None:
+        async with asyncio.timeout(max(self.timeout, PROBE_BUDGET_SECONDS)):
+            await connection.connect()  # type: ignore[no-untyped-call]
+
+    async def _evalsha_own(self, connection: aioredis.Connection, script: _Script, keys: Sequence[str],
                            args: Sequence[Any]) -> Any:
         """One script on this loop's own connection: the command packed here, written, its answer read."""
-        held = self._connections.get(loop)
-        if held is None or held[0] != self._epoch or held[1] is None:
-            if held is not None:  # made before the last recovery: it may be dead
-                self._drop_connection(loop)
-            connection = self._client().connection_pool.make_connection()  # type: ignore[no-untyped-call]
-            self._connections[loop] = (self._epoch, connection)
-            kept = False
-        else:
-            connection, kept = held[1], True
         packed = script.packed(keys, args)
-        loaded = False
+        kept, loaded = True, False
         while True:
             try:
                 await connection.send_packed_command(packed, check_health=False)
@@ -725,9 +742,10 @@ class RedisStore:
                 await connection.disconnect(nowait=True)
 
     def _drop_connection(self, loop: asyncio.AbstractEventLoop) -> None:
-        held = self._connections.get(loop)
-        if held is not None and held[1] is not None:
-            self._connections[loop] = (held[0], None)
+        """Forget this loop's own connection (its next call starts connecting another one)."""
+        held = self._connections.pop(loop, None)
+        if held is not None:
+            held[2].cancel()
             closing = loop.create_task(held[1].disconnect(nowait=True))
             self._closing.add(closing)
             closing.add_done_callback(self._closing.discard)
@@ -814,15 +832,18 @@ class RedisStore:
                 await anyio.sleep(PROBE_SECONDS)
                 if not self._down_logged and self.down:
                     self._log_transition(down=True, held_back=True)
+                with self._lock:
+                    # Each attempt on a client of a new connection epoch: every loop renews its
+                    # connections (those of the outage may be dead), and the background loop's
+                    # client, the one that passed, is warm when the store is up again.
+                    self._epoch += 1
                 try:
                     await self._healthy()
                 except (RedisError, OSError, TimeoutError) as exc:
                     self.down_reason = self._reason(exc)
                     continue
                 with self._lock:
-                    # All at once: a failure noticed right after this starts a new probe, and
-                    # every loop renews its connections (those of the outage may be dead).
-                    self._epoch += 1
+                    # All at once: a failure noticed right after this starts a new probe.
                     self._late = 0
                     self.down = self._prober = False
                 self._log_transition(down=False)
@@ -1148,6 +1169,12 @@ def _unescaped(text: str) -> str:
 
 def _escaped(text: str) -> str:
     return text.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
+def _retrieve_exception(task: asyncio.Task[None]) -> None:
+    """A failed connect is seen by the next call (which connects again), not logged at collection."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _decision_fields(reply: Sequence[Any]) -> tuple[bool, int, float, float, float]:

@@ -15,10 +15,11 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from baldur.bridges import SyncOverAsync
+from baldur.bridges import SyncOverAsync, run_sync
 from baldur.errors import CircuitOpen
 from baldur.policies.breaker import Breaker, Outcome, State
 from baldur.stores import redis as redis_store
+from baldur.stores._admin import Forced
 from baldur.stores._types import Plan
 from baldur.stores.redis import RedisStore
 from tests.redis_server import RedisServer, find_binary
@@ -140,6 +141,26 @@ def test_an_open_made_by_one_process_reaches_the_others_mirror(stores: Callable[
         poll(lambda face=face: not learnt(face, plan), "the forced open reached the mirror")  # type: ignore[misc]
         with pytest.raises(CircuitOpen):
             face.admit(plan)
+
+
+def test_the_admins_force_and_reset_reach_every_mirror(stores: Callable[[], SyncOverAsync]) -> None:
+    admin, peer = stores(), stores()
+    plan = breaker_plan()
+    assert plan.breaker is not None
+    for face in (admin, peer):
+        face.finish(face.admit(plan), Outcome.SUCCESS)
+        poll(lambda face=face: learnt(face, plan), "the mirror learnt the breaker")  # type: ignore[misc]
+    store = admin.store
+    assert isinstance(store, RedisStore)
+    forced = Forced(State.FORCED_OPEN, "maintenance", "key-1", time.time(), None)
+    run_sync(store.admin_force, plan.name, plan.breaker, State.FORCED_OPEN, forced, "forced by the admin")
+    for face in (admin, peer):
+        poll(lambda face=face: not learnt(face, plan), "the admin's forced open reached the mirror")  # type: ignore[misc]
+        with pytest.raises(CircuitOpen):
+            face.admit(plan)
+    run_sync(store.admin_force, plan.name, plan.breaker, State.CLOSED, None, "reset by the admin")
+    for face in (admin, peer):
+        poll(lambda face=face: learnt(face, plan), "the admin's reset reached the mirror")  # type: ignore[misc]
 
 
 def test_no_thread_runs_a_call_once_the_open_has_reached_its_mirror(
