@@ -38,12 +38,12 @@ ROUTES: list[tuple[str, str, str | None]] = [
     ("GET", "/api/v1/whoami", "viewer"),
     ("GET", "/api/v1/health", "viewer"),
     ("GET", "/api/v1/breakers", "viewer"),
-    ("GET", "/api/v1/breakers/payments", "viewer"),
+    ("GET", "/api/v1/breakers/api-payments", "viewer"),
     ("GET", "/api/v1/limits", "viewer"),
     ("GET", "/metrics", "viewer"),
-    ("POST", "/api/v1/breakers/payments/open", "operator"),
-    ("POST", "/api/v1/breakers/payments/close", "operator"),
-    ("POST", "/api/v1/breakers/payments/reset", "operator"),
+    ("POST", "/api/v1/breakers/api-payments/open", "operator"),
+    ("POST", "/api/v1/breakers/api-payments/close", "operator"),
+    ("POST", "/api/v1/breakers/api-payments/reset", "operator"),
     ("POST", "/api/v1/limits/default/clients/203.0.113.9/reset", "operator"),
     ("GET", "/api/v1/audit", "admin"),
     ("GET", "/", None),
@@ -56,7 +56,7 @@ CALLERS = [*KEYS, "no key", "wrong key"]
 
 
 class Admin:
-    """The API mounted in a Flask app with one protected view (``payments``, a breaker)."""
+    """The API mounted in a Flask app with one protected view (``api-payments``, a breaker)."""
 
     def __init__(self, app: flask.Flask) -> None:
         self.app = app
@@ -80,7 +80,7 @@ class Admin:
         return answer.status_code, {k.lower(): v for k, v in answer.headers.items()}, parsed
 
     def force(self, action: str, role: str = "operator", **fields: object) -> tuple[int, dict[str, str], Any]:
-        return self.call("POST", f"/api/v1/breakers/payments/{action}", role, {"reason": "test", **fields})
+        return self.call("POST", f"/api/v1/breakers/api-payments/{action}", role, {"reason": "test", **fields})
 
     def view(self) -> int:
         return self.client.get("/pay").status_code
@@ -92,7 +92,7 @@ def make_admin(keys: str | None = ADMIN_KEYS, **settings: object) -> Admin:
     init_flask(app, admin=ROOT, rate_limit="1000/minute")
 
     @app.get("/pay")
-    @baldur.protected("payments", breaker=baldur.Breaker(consecutive_failures=2, open_for=30))
+    @baldur.protected("api-payments", breaker=baldur.Breaker(consecutive_failures=2, open_for=30))
     def pay() -> str:
         if flask.request.args.get("fail"):
             raise RuntimeError("the provider is down")
@@ -145,8 +145,8 @@ def test_the_answers_carry_what_the_contract_says(admin: Admin) -> None:
     breakers = admin.call("GET", "/api/v1/breakers", "viewer")[2]["breakers"]
     names = [b["name"] for b in breakers]
     assert names == sorted(names)  # every breaker this process declared, by name
-    assert breakers[names.index("payments")] == {
-        "name": "payments", "state": "closed", "failure_rate": None, "calls": 0, "failures": 0, "opened_at": None,
+    assert breakers[names.index("api-payments")] == {
+        "name": "api-payments", "state": "closed", "failure_rate": None, "calls": 0, "failures": 0, "opened_at": None,
         "open_until": None, "forced": None}
     limits = admin.call("GET", "/api/v1/limits", "viewer")[2]["limits"]
     assert {"name": "default", "rate_limit": "1000/minute", "max_concurrency": None, "in_flight": 0} in limits
@@ -155,7 +155,7 @@ def test_the_answers_carry_what_the_contract_says(admin: Admin) -> None:
 def test_a_breaker_opened_by_failures_shows_its_window_and_transitions(admin: Admin) -> None:
     assert [admin.client.get("/pay?fail=1").status_code for _ in range(2)] == [500, 500]
     assert admin.view() == 503
-    status, _, breaker = admin.call("GET", "/api/v1/breakers/payments", "viewer")
+    status, _, breaker = admin.call("GET", "/api/v1/breakers/api-payments", "viewer")
     assert status == 200
     # Opening starts a fresh window: what opened it is in the transitions.
     assert (breaker["state"], breaker["calls"], breaker["failures"]) == ("open", 0, 0)
@@ -191,7 +191,7 @@ def lapses(admin: Admin) -> None:
     while admin.view() != 200:  # polled: the forced state lapses by itself, no call needed
         assert time.monotonic() < end, "the forced state did not lapse"
         time.sleep(0.05)
-    breaker = admin.call("GET", "/api/v1/breakers/payments", "viewer")[2]
+    breaker = admin.call("GET", "/api/v1/breakers/api-payments", "viewer")[2]
     assert (breaker["state"], breaker["forced"]) == ("closed", None)
     assert breaker["transitions"][0]["cause"] == "forced state expired"
 
@@ -215,8 +215,8 @@ def test_every_change_is_audited_and_no_key_is_ever_logged(admin: Admin, caplog:
     entries = audit["entries"]
     assert [(e["action"], e["target"], e["reason"], e["for_seconds"]) for e in entries] == [
         ("limit.reset_client", "default/203.0.113.9", "support ticket", None),
-        ("breaker.reset", "payments", "deploy done", None),
-        ("breaker.open", "payments", "deploy of\nthe provider", 600),
+        ("breaker.reset", "api-payments", "deploy done", None),
+        ("breaker.open", "api-payments", "deploy of\nthe provider", 600),
     ]
     assert {e["key_id"] for e in entries} == {key_id(KEYS["operator"])}
     assert all(abs(e["at"] - time.time()) < 60 for e in entries)
@@ -259,7 +259,7 @@ BAD_BODIES: list[tuple[bytes, str]] = [
 
 @pytest.mark.parametrize(("body", "field"), BAD_BODIES, ids=[body.decode()[:40] for body, _ in BAD_BODIES])
 def test_a_bad_body_is_a_400_naming_the_field_and_changes_nothing(admin: Admin, body: bytes, field: str) -> None:
-    status, headers, answer = admin.call("POST", "/api/v1/breakers/payments/open", "operator", raw=body)
+    status, headers, answer = admin.call("POST", "/api/v1/breakers/api-payments/open", "operator", raw=body)
     assert (status, headers["content-type"], answer["field"]) == (400, PROBLEM, field), answer
     assert admin.view() == 200
     assert admin.call("GET", "/api/v1/audit", "admin")[2]["entries"] == []
@@ -280,13 +280,13 @@ def test_an_unknown_breaker_is_a_404(admin: Admin, path: str) -> None:
 
 def test_an_unknown_route_or_method_is_answered_not_a_500(admin: Admin) -> None:
     assert admin.call("GET", "/api/v2/breakers", "admin")[0] == 404
-    assert admin.call("DELETE", "/api/v1/breakers/payments", "admin")[0] in (404, 405)
+    assert admin.call("DELETE", "/api/v1/breakers/api-payments", "admin")[0] in (404, 405)
     assert admin.call("POST", "/", "admin", {"reason": "x"})[0] == 405
     assert admin.call("GET", "/console/../../etc/passwd", None)[0] == 404
 
 
 def test_a_body_over_the_limit_is_refused_unread(admin: Admin) -> None:
-    status, _, answer = admin.call("POST", "/api/v1/breakers/payments/open", "operator",
+    status, _, answer = admin.call("POST", "/api/v1/breakers/api-payments/open", "operator",
                                    raw=json.dumps({"reason": "x" * 40_000}).encode())
     assert status == 413, answer
 
