@@ -1041,7 +1041,6 @@ class RedisStore:
             return await asyncio.wrap_future(future)
         return await anyio.to_thread.run_sync(portal.call, func, *args)
 
-
     # -- admin (issue 12): what the admin API reads and steers, for the whole fleet ----
 
     async def admin_breaker_names(self) -> list[str]:
@@ -1140,14 +1139,10 @@ class RedisStore:
     async def _admin(self, work: Callable[[aioredis.Redis], Awaitable[_T]]) -> _T:
         """Run ``work`` on a loop that may own a connection, within ``ADMIN_BUDGET_SECONDS``;
         ``StoreUnavailable`` (never a fallback: the admin must not steer one process's memory)."""
-        loop = asyncio._get_running_loop()
-        if loop is None or not is_home_loop(loop):
-            portal = background.portal()
-            if loop is None:
-                return await anyio.to_thread.run_sync(portal.call, self._admin, work)
-            assert background.loop is not None
-            future = asyncio.run_coroutine_threadsafe(self._admin(work), background.loop)
-            return await asyncio.wrap_future(future)
+        result: _T = await self._at_home(self._admin_here, work)
+        return result
+
+    async def _admin_here(self, work: Callable[[aioredis.Redis], Awaitable[_T]]) -> _T:
         try:
             async with asyncio.timeout(max(self.timeout, ADMIN_BUDGET_SECONDS)):
                 return await work(self._client())

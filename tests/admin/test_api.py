@@ -55,6 +55,15 @@ RANK = {"viewer": 1, "operator": 2, "admin": 3}
 CALLERS = [*KEYS, "no key", "wrong key"]
 
 
+def expected_status(caller: str, lowest: str | None) -> int:
+    """What the table says ``caller`` gets from a route whose lowest role is ``lowest``."""
+    if lowest is None:
+        return 200
+    if caller in ("no key", "wrong key"):
+        return 401
+    return 200 if RANK[caller] >= RANK[lowest] else 403
+
+
 class Admin:
     """The API mounted in a Flask app with one protected view (``api-payments``, a breaker)."""
 
@@ -120,12 +129,7 @@ def test_every_route_answers_each_caller_by_its_role(admin: Admin, method: str, 
                                                      caller: str) -> None:
     body = {"reason": "the matrix"} if method == "POST" else None
     status, headers, answer = admin.call(method, path, caller, body)
-    if lowest is None:
-        expected = 200
-    elif caller in ("no key", "wrong key"):
-        expected = 401
-    else:
-        expected = 200 if RANK[caller] >= RANK[lowest] else 403
+    expected = expected_status(caller, lowest)
     assert status == expected, answer
     assert headers["content-security-policy"] == CSP
     assert headers["x-frame-options"] == "DENY"
@@ -402,13 +406,7 @@ def test_the_asgi_face_answers_each_caller_by_its_role(admin: Admin, caller: str
             headers["content-type"] = "application/json"
         # A client of its own per request: the failed attempts of one do not throttle the next.
         status, answer_headers, _ = asgi_call(method, path, headers, body, client=f"198.51.100.{n + 1}")
-        if lowest is None:
-            expected = 200
-        elif caller in ("no key", "wrong key"):
-            expected = 401
-        else:
-            expected = 200 if RANK[caller] >= RANK[lowest] else 403
-        assert status == expected, (method, path, caller)
+        assert status == expected_status(caller, lowest), (method, path, caller)
         assert answer_headers["content-security-policy"] == CSP
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from _scrape import Scrape
 
+from baldur.admin._keys import key_id
 from tests.adapters._flask_support import (
     DEADLINE,
     PYTHON,
@@ -143,8 +144,6 @@ def test_one_admin_server_steers_every_worker(fleet: Fleet) -> None:
     entries = fleet.admin("GET", "/api/v1/audit", "admin")[1]["entries"]
     assert [(e["action"], e["target"]) for e in entries] == [
         ("breaker.reset", BREAKER), ("breaker.close", BREAKER), ("breaker.open", BREAKER)]
-    from baldur.admin._keys import key_id
-
     assert {e["key_id"] for e in entries} == {key_id(KEYS["operator"])}
 
     # The workers' refusals, counted where they happened and written behind, are the standalone server's figures.
