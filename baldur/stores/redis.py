@@ -960,7 +960,7 @@ class RedisStore:
                     self._listening = False
                     self._forget_mirror()
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis 8.2
                     await client.aclose()
             await anyio.sleep(RESUBSCRIBE_SECONDS)
 
