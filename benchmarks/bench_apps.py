@@ -15,6 +15,10 @@ where ``asgi`` is the Flask app behind a2wsgi's ``WSGIMiddleware``).
   ``BENCH_LIMITER_STORAGE``;
 * ``pybreaker``: the view wrapped by a ``pybreaker.CircuitBreaker()``;
 * ``floor``: one plain ``EVALSHA`` per request with redis-py's sync client (``BENCH_REDIS_URL``);
+* ``floor_async``: the same ``EVALSHA`` through ``redis.asyncio`` at its leanest: the request
+  thread drives an event loop of its own (``run_until_complete``) and writes the command,
+  packed once, on a connection of its own; no pool, no timeout, no store. What any async
+  design pays for one round trip from a sync view, so Baldur on Redis is also compared with it;
 * ``propagation``: ``quickstart`` plus a thread that watches this worker's mirror of the breaker
   ``bench-propagation`` and reports each change (pid, state, wall-clock time) to the Redis list
   ``bench:propagation`` (``bench_propagation.py`` reads it);
@@ -131,6 +135,41 @@ def _floor() -> Flask:
     return app
 
 
+def _floor_async() -> Flask:
+    import asyncio
+    import threading
+
+    import redis
+    from redis import asyncio as aioredis
+
+    url = os.environ["BENCH_REDIS_URL"]
+    sha = redis.Redis.from_url(url, socket_timeout=1.0).script_load(FLOOR_SCRIPT)
+    pool = aioredis.ConnectionPool.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    packed = pool.make_connection().pack_command("EVALSHA", sha, 1, "bench:floor")
+    mine = threading.local()
+
+    async def connect() -> Any:
+        connection = pool.make_connection()
+        await connection.connect()
+        return connection
+
+    async def evalsha(connection: Any) -> Any:
+        await connection.send_packed_command(packed, check_health=False)
+        return await connection.read_response()
+
+    app = Flask("bench_floor_async")
+
+    @app.get("/demo")
+    def demo() -> Response:
+        if not hasattr(mine, "loop"):
+            mine.loop = asyncio.new_event_loop()
+            mine.connection = mine.loop.run_until_complete(connect())
+        mine.loop.run_until_complete(evalsha(mine.connection))
+        return _answer()
+
+    return app
+
+
 #: The breaker whose openings ``bench_propagation.py`` times, and the list the workers report to.
 PROPAGATION_BREAKER = "bench-propagation"
 PROPAGATION_REPORTS = "bench:propagation"
@@ -207,6 +246,7 @@ BUILDERS: dict[str, Callable[[], Flask]] = {
     "limiter": _limiter,
     "pybreaker": _pybreaker,
     "floor": _floor,
+    "floor_async": _floor_async,
     "propagation": _propagation,
     "slow": _slow,
 }

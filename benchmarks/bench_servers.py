@@ -133,6 +133,8 @@ def variants(redis_url: str | None, server: str = "gunicorn-sync") -> list[Varia
                     {"BENCH_APP": "limiter", "BENCH_LIMITER_STORAGE": redis_url}),
             Variant("floor", "floor: one plain EVALSHA",
                     {"BENCH_APP": "floor", "BENCH_REDIS_URL": redis_url}),
+            Variant("floor-async", "async floor: the same EVALSHA through redis.asyncio",
+                    {"BENCH_APP": "floor_async", "BENCH_REDIS_URL": redis_url}),
         ]
     return found + before_variants(found, server)
 

@@ -7,7 +7,8 @@ sequences against this store and the memory store and expects the same
 decisions.
 
 On the request's critical path there is at most one round trip: *admit*, and
-none for a call whose only shared state is a closed breaker. Every worker keeps
+none for a call whose only shared state is a closed breaker (a call that also
+has a limit or a concurrency cap asks Redis for those alone). Every worker keeps
 a mirror of the breakers' states: the scripts publish each change of state (on
 ``<prefix>:breakers``, in the order Redis made them) and the background loop
 applies them. While the mirror is listening and reads closed (or forced
@@ -265,17 +266,9 @@ class RedisStore:
         mirror reads closed) at once; ``None`` if it must be asked."""
         if extra is not None or plan.needs_lock:
             return None
-        if plan.breaker is None:
+        if plan.breaker is None or self._mirror_admits(plan):
             return plan.plain_ticket
-        if not self._listening or self.down:
-            return None
-        key = self._mirror_keys.get(plan.name)
-        if key is None:
-            key = self._mirror_key(plan.name)
-        record = self._mirror.get(key)
-        if record is None or record[0] not in _MIRROR_ADMITS or (record[1] and time.time() >= record[1]):
-            return None
-        return plan.plain_ticket
+        return None
 
     async def admit(self, plan: Plan, client: str | None = None, extra: ExtraLimit | None = None) -> Ticket:
         at_once = self.admit_without_io(plan, client, extra)
@@ -284,7 +277,9 @@ class RedisStore:
         if self.down:
             return self._local_admit(plan, client, extra)
         rate = plan.rate_limit
-        breaker = plan.breaker
+        # A breaker the mirror reads closed needs nothing from Redis: the script spends only the
+        # limits (two commands, not eight), and successes wait for the flush loop.
+        breaker = None if plan.breaker is None or self._mirror_admits(plan) else plan.breaker
         lease = f"{self._token}:{os.getpid()}:{next(self._lease_ids)}" if plan.max_concurrency else ""
         pending = self._take_pending(plan.breaker_key) if breaker is not None else 0
         # The extra limit's key lives in another hash slot: one script may touch both on a
@@ -907,6 +902,13 @@ class RedisStore:
             return None
         record = self._mirror.get(self._mirror_keys.get(name) or self._mirror_key(name))
         return None if record is None else record[0]
+
+    def _mirror_admits(self, plan: Plan) -> bool:
+        """The mirror is in use and reads ``plan``'s breaker closed (or forced closed, not lapsed)."""
+        if not self._listening or self.down:
+            return False
+        record = self._mirror.get(self._mirror_keys.get(plan.name) or self._mirror_key(plan.name))
+        return record is not None and record[0] in _MIRROR_ADMITS and not (record[1] and time.time() >= record[1])
 
     def _mirror_key(self, name: str) -> str:
         if len(self._mirror_keys) >= MIRROR_MAX_BREAKERS:

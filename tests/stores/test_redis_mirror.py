@@ -16,8 +16,9 @@ import pytest
 import redis
 
 from baldur.bridges import SyncOverAsync, run_sync
-from baldur.errors import CircuitOpen
+from baldur.errors import CircuitOpen, RateLimited
 from baldur.policies.breaker import Breaker, Outcome, State
+from baldur.policies.rate_limit import RateLimit
 from baldur.stores import redis as redis_store
 from baldur.stores._admin import Forced
 from baldur.stores._types import Plan
@@ -118,6 +119,46 @@ def test_a_call_with_no_shared_state_costs_no_command(
     for _ in range(100):
         face.finish(face.admit(plan), Outcome.FAILURE)
     assert commands(client) - before == 0
+
+
+def command_calls(client: redis.Redis) -> dict[str, int]:
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in client.info("commandstats").items()}
+
+
+def test_a_limited_call_behind_a_closed_breaker_asks_redis_for_its_limit_alone(
+        stores: Callable[[], SyncOverAsync], client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(redis_store, "FLUSH_SECONDS", 3600.0)
+    face, peer = stores(), stores()
+    plan = Plan(f"l-{uuid.uuid4().hex[:8]}", Breaker(consecutive_failures=3, failure_rate=None).inherit(Breaker()),
+                RateLimit("20/hour"), None)
+    face.finish(face.admit(plan), Outcome.SUCCESS)  # the first call reads the breaker and teaches the mirror
+    assert isinstance(face.store, RedisStore)
+    poll(lambda: face.store.mirrored(plan.name) == "closed", "the mirror learnt the breaker")  # type: ignore[union-attr]
+    before = command_calls(client)
+    admitted = 0
+    for _ in range(40):
+        try:
+            ticket = face.admit(plan)
+        except RateLimited:
+            continue
+        admitted += 1
+        face.finish(ticket, Outcome.SUCCESS)
+    after = command_calls(client)
+    ran = {name: after.get(name, 0) - before.get(name, 0) for name in after}
+    assert admitted == 19  # the limit stays exact: 20 an hour, one spent by the first call
+    assert ran.get("evalsha") == 40  # one round trip per call
+    assert ran.get("get") == 40 and ran.get("set") == 19  # the limit's TAT, read, and written when spent
+    # and nothing else: the breaker's hash is not read, written or expired (INFO is ours; CLIENT
+    # is a new connection's greeting)
+    assert {name for name, calls in ran.items() if calls} - {"info", "client"} == {"evalsha", "time", "get", "set"}
+
+    # Failures still travel at once (another client, with quota left), and the open reaches every
+    # mirror and stops every call.
+    for _ in range(3):
+        face.finish(face.admit(plan, "another client"), Outcome.FAILURE)
+    poll(lambda: peer.store.mirrored(plan.name) == "open", "the open reached the peer")  # type: ignore[attr-defined]
+    with pytest.raises(CircuitOpen):
+        peer.admit(plan, "a third client")
 
 
 def test_an_open_made_by_one_process_reaches_the_others_mirror(stores: Callable[[], SyncOverAsync]) -> None:
