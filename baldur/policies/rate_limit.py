@@ -18,7 +18,7 @@ admits exactly ``burst`` calls whatever the interval.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from baldur.errors import ConfigError
 
@@ -45,6 +45,11 @@ class RateLimit:
     period: float
     burst: int
     spec: str
+    #: T, GCRA's emission interval, in whole microseconds, rounded up (at least 1): the unit both
+    #: stores compute in; computed once, as it is read on every call.
+    interval_us: int = field(init=False, repr=False, compare=False)
+    #: GCRA's burst tolerance τ = T × (burst − 1), in microseconds.
+    tolerance_us: int = field(init=False, repr=False, compare=False)
 
     def __init__(self, spec: str, *, burst: int | None = None, setting: str = "RateLimit") -> None:
         if not isinstance(spec, str):
@@ -59,6 +64,9 @@ class RateLimit:
         object.__setattr__(self, "period", period)
         object.__setattr__(self, "burst", burst)
         object.__setattr__(self, "spec", spec.strip())
+        interval_us = max(1, -(-round(period * MICROS) // max(quota, 1)))
+        object.__setattr__(self, "interval_us", interval_us)
+        object.__setattr__(self, "tolerance_us", interval_us * (burst - 1))
 
     @property
     def enabled(self) -> bool:
@@ -68,16 +76,6 @@ class RateLimit:
     def interval(self) -> float:
         """Seconds between two units of quota (GCRA's emission interval T, see ``interval_us``)."""
         return self.interval_us / MICROS
-
-    @property
-    def interval_us(self) -> int:
-        """T in whole microseconds, rounded up (at least 1): the unit both stores compute in."""
-        return max(1, -(-round(self.period * MICROS) // max(self.quota, 1)))
-
-    @property
-    def tolerance_us(self) -> int:
-        """GCRA's burst tolerance τ = T × (burst − 1), in microseconds."""
-        return self.interval_us * (self.burst - 1)
 
     def __repr__(self) -> str:
         return f"RateLimit({self.spec!r}, burst={self.burst})"

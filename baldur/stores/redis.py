@@ -75,7 +75,7 @@ from baldur.bridges import background, is_home_loop, run_sync
 from baldur.errors import ConfigError, RateLimited, StoreUnavailable
 from baldur.policies.breaker import Breaker, Outcome, State, bucket_width
 from baldur.policies.idempotency import CLAIM_LEASE_SECONDS, Verdict
-from baldur.policies.rate_limit import RateDecision, RateLimit, micros
+from baldur.policies.rate_limit import MICROS, RateDecision, RateLimit, micros
 from baldur.stores._admin import AUDIT_LENGTH, HISTORY_LENGTH, AuditEntry, BreakerView, Forced, Transition
 from baldur.stores._decisions import Admission, announce_transition, lua_constants, rejection
 from baldur.stores._types import ExtraLimit, IdempotencyStart, Plan, Ticket
@@ -117,6 +117,8 @@ MIRROR_CHANNEL = "breakers"
 RESUBSCRIBE_SECONDS = 0.1
 #: The mirror forgets everything when it holds this many breakers (it learns them again).
 MIRROR_MAX_BREAKERS = 10_000
+#: Keys made recently, kept so that a call does not escape and format the same names again.
+KEYS_CACHED = 4096
 #: The states whose calls the mirror admits without asking Redis.
 _MIRROR_ADMITS = frozenset({str(State.CLOSED), str(State.FORCED_CLOSED)})
 
@@ -139,14 +141,32 @@ class _Script:
         self.sha = hashlib.sha1(self.text.encode()).hexdigest()
         self._head = b"$7\r\nEVALSHA\r\n$40\r\n" + self.sha.encode() + b"\r\n"
 
-    def packed(self, keys: Sequence[str], args: Sequence[Any]) -> bytes:
-        """The EVALSHA command in RESP, packed here: the part that never changes is packed once."""
-        count = b"%d" % len(keys)
-        parts = [b"*%d\r\n" % (len(keys) + len(args) + 3), self._head, b"$%d\r\n%s\r\n" % (len(count), count)]
-        for item in (*keys, *args):
-            data = item.encode() if isinstance(item, str) else repr(item).encode()
-            parts += (b"$%d\r\n" % len(data), data, b"\r\n")
+    def packed(self, keys: Sequence[str], args: Sequence[str | int | float]) -> bytes:
+        """The EVALSHA command in RESP, packed here: the part that never changes is packed once, and
+        the small items (keys, options: the same call after call) are looked up, not formatted."""
+        parts = [b"*%d\r\n" % (len(keys) + len(args) + 3), self._head, _bulks.get(len(keys)) or _bulk(len(keys))]
+        for key in keys:
+            parts.append(_bulks.get(key) or _bulk(key))
+        for arg in args:
+            parts.append(_bulks.get(arg) or _bulk(arg))
         return b"".join(parts)
+
+
+#: Packed RESP bulk strings of recent small items; a bounded cache (emptied when full), so clients'
+#: keys can evict nothing but each other's entries, and cost at most its size.
+_bulks: dict[str | int | float, bytes] = {}
+BULKS_MAX = 4096
+BULK_MAX_BYTES = 256
+
+
+def _bulk(item: str | int | float) -> bytes:
+    data = item.encode() if isinstance(item, str) else repr(item).encode()
+    bulk = b"$%d\r\n%s\r\n" % (len(data), data)
+    if len(data) <= BULK_MAX_BYTES:
+        if len(_bulks) >= BULKS_MAX:
+            _bulks.clear()
+        _bulks[item] = bulk
+    return bulk
 
 
 class _RedisDown(Exception):
@@ -240,6 +260,7 @@ class RedisStore:
         # the subscriptions made, so that an answer read before a change never overwrites it.
         self._mirror: dict[str, tuple[str, float]] = {}
         self._mirror_keys: dict[str, str] = {}  # breaker name → its key
+        self._keys: dict[tuple[str, str, str], str] = {}  # recent (tag, kind, suffix) → key, bounded
         self._listening = False
         self._heard = 0
         self._generation = 0
@@ -255,8 +276,14 @@ class RedisStore:
         # The hash tag is the name: every key a script touches lives in one cluster slot.
         # Names and clients' values are escaped: distinct values stay distinct keys, and no
         # value can open a hash tag of its own (and so choose its slot).
-        suffix = _escaped(suffix)
-        return f"{self.prefix}:{{{_escaped(tag)}}}:{kind}{':' + suffix if suffix else ''}"
+        key = self._keys.get((tag, kind, suffix))
+        if key is None:
+            escaped = _escaped(suffix)
+            key = f"{self.prefix}:{{{_escaped(tag)}}}:{kind}{':' + escaped if escaped else ''}"
+            if len(self._keys) >= KEYS_CACHED:
+                self._keys.clear()  # clients' values come and go: bounded, never grown
+            self._keys[(tag, kind, suffix)] = key
+        return key
 
     # -- the operations ---------------------------------------------------
 
@@ -306,16 +333,18 @@ class RedisStore:
         code, remaining, retry_after, next_after, reset_after, trial, transitions = reply[:7]
         admission = Admission(code)
         self._announce(plan.name, transitions)
-        extra_decision = None if extra is None else RateDecision(*_decision_fields(reply[7:12]))
+        extra_decision = None if extra is None else _decision(reply[7:12])
         decision = None
         if rate is not None and admission is not Admission.EXTRA_RATE_LIMITED:
-            decision = RateDecision(admission is not Admission.RATE_LIMITED, int(remaining), float(retry_after),
-                                    float(next_after), float(reset_after))
+            decision = _decision((admission is not Admission.RATE_LIMITED, remaining, retry_after
+                                  if admission is not Admission.CIRCUIT_OPEN else 0, next_after, reset_after))
             if not decision.allowed or decision.remaining == 0:
                 self._note_exhausted(plan, client, decision)
         if admission is not Admission.ADMITTED:
+            # The breaker's wait is in seconds (as text); a limit's, like every time of a limit, in µs.
             raise rejection(admission, plan, client, decision=decision, extra=extra, extra_decision=extra_decision,
-                            retry_after=float(retry_after))
+                            retry_after=float(retry_after) if admission is Admission.CIRCUIT_OPEN
+                            else retry_after / MICROS)
         ticket = Ticket(plan, bool(trial), bool(lease), decision)
         ticket.extra_rate = extra_decision
         if lease:
@@ -361,7 +390,7 @@ class RedisStore:
                 "rate", [self._key(key, "r")], [self._now(), limit.interval_us, limit.tolerance_us])
         except _RedisDown:
             return self.local.rate(key, self._share_of(limit))
-        decision = RateDecision(*_decision_fields(reply))
+        decision = _decision(reply)
         if not decision.allowed:
             _log.emit("ratelimit.blocked", key, retry_after=round(decision.retry_after, 3))
         return decision
@@ -1174,10 +1203,11 @@ def _retrieve_exception(task: asyncio.Task[None]) -> None:
         task.exception()
 
 
-def _decision_fields(reply: Sequence[Any]) -> tuple[bool, int, float, float, float]:
-    """A script's (allowed, remaining, retry_after, next_after, reset_after)."""
+def _decision(reply: Sequence[Any]) -> RateDecision:
+    """A script's (allowed, remaining, retry_after, next_after, reset_after), the times in integer µs:
+    divided here exactly as ``policies.rate_limit.gcra`` divides them."""
     allowed, remaining, retry_after, next_after, reset_after = reply
-    return bool(allowed), int(remaining), float(retry_after), float(next_after), float(reset_after)
+    return RateDecision(bool(allowed), remaining, retry_after / MICROS, next_after / MICROS, reset_after / MICROS)
 
 
 def _known_workers() -> int:

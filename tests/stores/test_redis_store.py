@@ -23,7 +23,7 @@ from baldur.policies.rate_limit import MICROS, RateDecision, RateLimit
 from baldur.stores._decisions import Admission
 from baldur.stores._types import Plan, Ticket
 from baldur.stores.memory import MemoryStore
-from baldur.stores.redis import RedisStore, _decision_fields
+from baldur.stores.redis import RedisStore, _decision
 from tests.breaker_cases import CASE_IDS, CASES, RuleCase
 from tests.redis_server import RedisServer
 
@@ -178,7 +178,7 @@ def _script_decisions(url: str, store: RedisStore, key: str, limit: RateLimit,
         pipe = client.pipeline(transaction=False)
         for now in instants[start:start + 10_000]:
             pipe.evalsha(script.sha, 1, store._key(key, "r"), now, limit.interval_us, limit.tolerance_us)
-        decisions += [RateDecision(*_decision_fields(reply)) for reply in pipe.execute()]
+        decisions += [_decision(reply) for reply in pipe.execute()]
     client.close()
     return decisions
 

@@ -20,8 +20,9 @@ local function fmt(x)
 end
 
 -- GCRA -------------------------------------------------------------------
--- policies/rate_limit.py's gcra: integer microseconds throughout, then one
--- division into seconds for the answer, so both stores give the same doubles.
+-- policies/rate_limit.py's gcra: integer microseconds throughout. The times are
+-- answered as integers (exact below 2^53, and no formatting to pay for); Python
+-- makes the one division into seconds, so both stores give the same doubles.
 
 local function remaining_units(slack, interval)
   if slack >= 0 then return math.floor(slack / interval) + 1 end
@@ -29,7 +30,7 @@ local function remaining_units(slack, interval)
 end
 
 -- Spends one unit of the limit stored at key (now, interval, tolerance in µs).
--- Returns allowed (0/1), remaining, retry_after, next_after, reset_after (seconds).
+-- Returns allowed (0/1), remaining, retry_after, next_after, reset_after (µs).
 local function gcra(key, now, interval, tolerance)
   local tat = tonumber(redis.call('GET', key))
   local base = now
@@ -37,14 +38,14 @@ local function gcra(key, now, interval, tolerance)
   local new_tat = base + interval
   local allow_at = new_tat - tolerance - interval
   if allow_at > now then
-    local wait = (allow_at - now) / 1000000
-    return 0, remaining_units(tolerance - (base - now), interval), wait, wait, (base - now) / 1000000
+    local wait = allow_at - now
+    return 0, remaining_units(tolerance - (base - now), interval), wait, wait, base - now
   end
   local slack = tolerance - (new_tat - now)
   local next_after
   if slack >= 0 then next_after = interval - slack % interval else next_after = -slack end
   redis.call('SET', key, string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
-  return 1, remaining_units(slack, interval), 0, next_after / 1000000, (new_tat - now) / 1000000
+  return 1, remaining_units(slack, interval), 0, next_after, new_tat - now
 end
 
 -- Breaker ----------------------------------------------------------------

@@ -10,6 +10,7 @@
 --       16 extra interval in µs (0 = none), 17 extra tolerance in µs
 -- Returns {admission, remaining, retry_after, next_after, reset_after, trial, transitions,
 --          extra: allowed, remaining, retry_after, next_after, reset_after,
+--          (the times in integer µs, but retry_after in seconds as text when the circuit is open)
 --          the breaker's state and until after this call (for the mirror; only when it was read)}
 --   admission: one of the codes of baldur/stores/_decisions.py (Admission), defined before this script
 local now_us = clock(ARGV[1])
@@ -18,9 +19,9 @@ local extra = {1, 0, '0', '0', '0'}
 local extra_interval = tonumber(ARGV[16])
 if extra_interval > 0 then
   local allowed, e_remaining, e_retry, e_next, e_reset = gcra(KEYS[4], now_us, extra_interval, tonumber(ARGV[17]))
-  extra = {allowed, e_remaining, fmt(e_retry), fmt(e_next), fmt(e_reset)}
+  extra = {allowed, e_remaining, e_retry, e_next, e_reset}
   if allowed == 0 then
-    return {EXTRA_RATE_LIMITED, 0, fmt(e_retry), '0', '0', 0, '', unpack(extra)}
+    return {EXTRA_RATE_LIMITED, 0, e_retry, 0, 0, 0, '', unpack(extra)}
   end
 end
 local interval = tonumber(ARGV[2])
@@ -29,7 +30,7 @@ if interval > 0 then
   local allowed
   allowed, remaining, retry_after, next_after, reset_after = gcra(KEYS[1], now_us, interval, tonumber(ARGV[3]))
   if allowed == 0 then
-    return {RATE_LIMITED, remaining, fmt(retry_after), fmt(next_after), fmt(reset_after), 0, '', unpack(extra)}
+    return {RATE_LIMITED, remaining, retry_after, next_after, reset_after, 0, '', unpack(extra)}
   end
 end
 local limit = tonumber(ARGV[4])
@@ -37,7 +38,7 @@ local holds = false
 if limit > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', fmt(now))
   if redis.call('ZCARD', KEYS[2]) >= limit then
-    return {OVERLOADED, remaining, '0', fmt(next_after), fmt(reset_after), 0, '', unpack(extra)}
+    return {OVERLOADED, remaining, 0, next_after, reset_after, 0, '', unpack(extra)}
   end
   local lease_for = tonumber(ARGV[6])
   redis.call('ZADD', KEYS[2], fmt(now + lease_for), ARGV[5])
@@ -59,10 +60,10 @@ if ARGV[7] == '1' then
   if string.find(transitions, '%S') then br_remember(KEYS[3], now, before, transitions) end  -- admin (issue 12)
   if admitted == 0 then
     if holds then redis.call('ZREM', KEYS[2], ARGV[5]) end
-    return {CIRCUIT_OPEN, remaining, fmt(wait), fmt(next_after), fmt(reset_after), 0, transitions,
+    return {CIRCUIT_OPEN, remaining, fmt(wait), next_after, reset_after, 0, transitions,
             extra[1], extra[2], extra[3], extra[4], extra[5], s.st, br_until(KEYS[3], s.st)}
   end
-  return {ADMITTED, remaining, '0', fmt(next_after), fmt(reset_after), trial, transitions,
+  return {ADMITTED, remaining, 0, next_after, reset_after, trial, transitions,
           extra[1], extra[2], extra[3], extra[4], extra[5], s.st, br_until(KEYS[3], s.st)}
 end
-return {ADMITTED, remaining, '0', fmt(next_after), fmt(reset_after), trial, transitions, unpack(extra)}
+return {ADMITTED, remaining, 0, next_after, reset_after, trial, transitions, unpack(extra)}
