@@ -123,15 +123,23 @@ KEYS_CACHED = 4096
 _MIRROR_ADMITS = frozenset({str(State.CLOSED), str(State.FORCED_CLOSED)})
 
 _log_store = logging.getLogger("baldur.store")
+#: finish.lua's breaker arguments for a call without a breaker: off, and seven unread options.
+_NO_BREAKER = ("0", 0, 0, 0, 0, 0, 0, 0)
 _OUTCOME_CODE = {Outcome.SUCCESS: "s", Outcome.FAILURE: "f", Outcome.IGNORED: "i"}
 _stores: weakref.WeakSet[RedisStore] = weakref.WeakSet()
 #: In a forked child: what the parent's stores held (see ``forget_after_fork``), never finalised.
 _inherited: list[object] = []
 
 
+#: The scripts that read or change a breaker: ``_breaker.lua`` is prepended to them (only to them:
+#: Redis runs a script's whole text on every call, so a limit's admission loads no breaker code).
+_BREAKER_SCRIPTS = frozenset({"admit", "finish", "breaker_state", "admin_breaker", "admin_force"})
+
+
 def _script(name: str) -> str:
     folder = resources.files("baldur.stores") / "redis_scripts"
-    return lua_constants() + (folder / "_common.lua").read_text() + "\n" + (folder / f"{name}.lua").read_text()
+    parts = ["_common", "_breaker", name] if name in _BREAKER_SCRIPTS else ["_common", name]
+    return lua_constants() + "\n".join((folder / f"{part}.lua").read_text() for part in parts)
 
 
 class _Script:
@@ -226,7 +234,7 @@ class RedisStore:
         #: ``start`` was called: a child after ``fork()`` warms up too.
         self.started = False
         self._scripts = {name: _Script(name) for name in (
-            "admit", "finish", "rate", "breaker_state", "idempotency_begin", "idempotency_settle", "health",
+            "admit", "admit_limits", "finish", "rate", "breaker_state", "idempotency_begin", "idempotency_settle", "health",
             "lease_renew")}
         # loop → (connection epoch, client): a client of an older epoch is renewed on next use.
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[int, aioredis.Redis]] = (
@@ -304,11 +312,10 @@ class RedisStore:
         if self.down:
             return self._local_admit(plan, client, extra)
         rate = plan.rate_limit
-        # A breaker the mirror reads closed needs nothing from Redis: the script spends only the
-        # limits (two commands, not eight), and successes wait for the flush loop.
+        # A breaker the mirror reads closed needs nothing from Redis: the call's limits are spent by
+        # admit_limits.lua, which loads no breaker code, and successes wait for the flush loop.
         breaker = None if plan.breaker is None or self._mirror_admits(plan) else plan.breaker
         lease = f"{self._token}:{os.getpid()}:{next(self._lease_ids)}" if plan.max_concurrency else ""
-        pending = self._take_pending(plan.breaker_key) if breaker is not None else 0
         # The extra limit's key lives in another hash slot: one script may touch both on a
         # standalone Redis (the store's target), which keeps a request at one round trip.
         keys = [self._key(plan.name, "r", client or ""), self._key(plan.name, "c"), self._key(plan.name, "b"),
@@ -317,12 +324,15 @@ class RedisStore:
             self._now(),
             rate.interval_us if rate else 0, rate.tolerance_us if rate else 0,
             plan.max_concurrency or 0, lease, self.lease_seconds,
-            *self._breaker_args(breaker), pending,
             extra.limit.interval_us if extra else 0, extra.limit.tolerance_us if extra else 0,
         ]
+        pending = 0
+        if breaker is not None:
+            pending = self._take_pending(plan.breaker_key)
+            args += (pending, *self._breaker_options(breaker))
         heard, generation = self._heard, self._generation
         try:
-            reply = await self._run("admit", keys, args)
+            reply = await self._run("admit_limits" if breaker is None else "admit", keys, args)
         except _RedisDown:
             self._restore_pending(plan, pending)
             if not self.down:
@@ -549,12 +559,10 @@ class RedisStore:
         return "" if self.clock is None else str(micros(self.clock()))
 
     @staticmethod
-    def _breaker_args(options: Breaker | None) -> list[Any]:
-        if options is None:
-            return ["0", 0, 0, 0, 0, 0, 0, 0]
+    def _breaker_options(options: Breaker) -> list[Any]:
+        """The scripts' breaker options (``breaker_options`` in ``_breaker.lua``)."""
         ttl = int(max(options.window, options.open_for) * 2 + 60)
         return [
-            "1",
             repr(options.failure_rate) if options.failure_rate is not None else "-1",
             options.min_calls, repr(bucket_width(options)),
             options.consecutive_failures if options.consecutive_failures is not None else -1,
@@ -566,8 +574,8 @@ class RedisStore:
         if successes is None:
             successes = self._take_pending(plan.breaker_key) if plan.breaker is not None else 0
         keys = [self._key(plan.name, "c"), self._key(plan.name, "b")]
-        args = [self._now(), lease or "", *self._breaker_args(plan.breaker), successes, outcome,
-                "1" if trial else "0"]
+        breaker = ["1", *self._breaker_options(plan.breaker)] if plan.breaker is not None else _NO_BREAKER
+        args = [self._now(), lease or "", *breaker, successes, outcome, "1" if trial else "0"]
         heard, generation = self._heard, self._generation
         try:
             transitions = await self._run("finish", keys, args)
@@ -1089,7 +1097,7 @@ class RedisStore:
 
     async def admin_read_breaker(self, name: str, options: Breaker) -> BreakerView:
         key = self._key(name, "b")
-        args = [self._now(), repr(bucket_width(options)), self._breaker_args(options)[-1]]
+        args = [self._now(), repr(bucket_width(options)), self._breaker_options(options)[-1]]
         reply = await self._admin(lambda client: self._admin_script(client, "admin_breaker", [key], args))
         state, opened_at, calls, failures, until, reason, by, forced_at, lapsed = (
             item.decode() if isinstance(item, bytes) else item for item in reply)
