@@ -234,8 +234,8 @@ class RedisStore:
         #: ``start`` was called: a child after ``fork()`` warms up too.
         self.started = False
         self._scripts = {name: _Script(name) for name in (
-            "admit", "admit_limits", "finish", "rate", "breaker_state", "idempotency_begin", "idempotency_settle", "health",
-            "lease_renew")}
+            "admit", "admit_limits", "finish", "rate", "breaker_state", "idempotency_begin", "idempotency_settle",
+            "health", "lease_renew")}
         # loop → (connection epoch, client): a client of an older epoch is renewed on next use.
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[int, aioredis.Redis]] = (
             weakref.WeakKeyDictionary())
