@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import functools
 import math
 from collections.abc import Iterable
 
@@ -65,12 +66,20 @@ def _sf_string(text: str) -> str:
     return '"' + clean.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+@functools.lru_cache(maxsize=256)
+def _policy_item(name: str, limit: RateLimit) -> tuple[str, str]:
+    """A policy's label and its ``RateLimit-Policy`` item: the same on every answer, so made once
+    (policies are the application's, a few, never the client's)."""
+    label = _sf_string(name)
+    return label, f"{label};q={limit.quota};w={max(1, math.ceil(limit.period))}"
+
+
 def ratelimit_headers(policies: Iterable[tuple[str, RateLimit, RateDecision]]) -> dict[str, str]:
     """``RateLimit-Policy`` and ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers) for each policy."""
     policy_items, state_items = [], []
     for name, limit, decision in policies:
-        label = _sf_string(name)
-        policy_items.append(f"{label};q={limit.quota};w={max(1, math.ceil(limit.period))}")
+        label, policy_item = _policy_item(name, limit)
+        policy_items.append(policy_item)
         state_items.append(f"{label};r={decision.remaining};t={_whole_seconds(decision.next_after)}")
     if not policy_items:
         return {}
