@@ -7,9 +7,9 @@ numbers and dicts.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
-import functools
 import math
 from collections.abc import Iterable
 

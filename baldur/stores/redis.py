@@ -186,27 +186,41 @@ _LATE = (TimeoutError, asyncio.TimeoutError)
 
 
 class _Deadline:
-    """Ends an operation when its budget runs out, but lets the loop first read what already
-    arrived: a process that was not running when the budget ran out (a busy machine) must not
-    throw away an answer sitting in its socket, which would fail open where Redis had decided.
+    """Ends an operation when its budget runs out (``TimeoutError``), but lets the loop first read
+    what already arrived: a process that was not running when the budget ran out (a busy machine)
+    must not throw away an answer sitting in its socket, which would fail open where Redis had
+    decided.
 
-    ``asyncio.timeout`` cancels from the timer itself. The loop reads sockets before it runs
-    due timers, and the task waiting for the answer wakes one turn later: so this timer
-    cancels one turn later too (``call_soon``), after that wake-up. A Redis that did not
-    answer costs one more turn of the loop, no more."""
+    The loop reads sockets before it runs due timers, and the task waiting for the answer wakes
+    one turn later: so the timer cancels the task one turn later too (``call_soon``), after that
+    wake-up. A Redis that did not answer costs one more turn of the loop, no more. The rest is
+    ``asyncio.timeout``'s rule (a cancellation from elsewhere stays a cancellation), without its
+    scope object: this runs on every round trip."""
 
-    __slots__ = ("handle", "scope")
+    __slots__ = ("cancelling", "expired", "handle", "task")
 
-    def __init__(self, scope: asyncio.Timeout, budget: float) -> None:
-        loop = asyncio.get_running_loop()
-        self.scope = scope
-        self.handle = loop.call_at(loop.time() + budget, self._expire, loop)
+    def __init__(self, loop: asyncio.AbstractEventLoop, budget: float) -> None:
+        task = asyncio.current_task(loop)
+        assert task is not None  # _run awaits: it runs in a task
+        self.task = task
+        self.cancelling = task.cancelling()
+        self.expired = False
+        self.handle: asyncio.Handle = loop.call_at(loop.time() + budget, self._due, loop)
 
-    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.scope.reschedule(loop.time())  # due now: the scope cancels on the next turn
+    def __enter__(self) -> _Deadline:
+        return self
 
-    def cancel(self) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         self.handle.cancel()
+        if self.expired and self.task.uncancel() <= self.cancelling and exc_type is asyncio.CancelledError:
+            raise TimeoutError from exc
+
+    def _due(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.handle = loop.call_soon(self._expire)
+
+    def _expire(self) -> None:
+        self.expired = True
+        self.task.cancel()
 
 
 class RedisStore:
@@ -698,20 +712,16 @@ class RedisStore:
             # whose client is warm, meanwhile (connecting is warm-up, never a call's budget).
             return await self._hop(name, keys, args, loop)
         try:
-            async with asyncio.timeout(None) as scope:
-                deadline = _Deadline(scope, self.timeout)
-                try:
-                    if connection is not None:
-                        reply = await self._evalsha_own(connection, script, keys, args)
-                    else:
-                        client = self._client()
-                        try:
-                            reply = await client.evalsha(script.sha, len(keys), *keys, *args)
-                        except NoScriptError:
-                            await client.script_load(script.text)
-                            reply = await client.evalsha(script.sha, len(keys), *keys, *args)
-                finally:
-                    deadline.cancel()
+            with _Deadline(loop, self.timeout):
+                if connection is not None:
+                    reply = await self._evalsha_own(connection, script, keys, args)
+                else:
+                    client = self._client()
+                    try:
+                        reply = await client.evalsha(script.sha, len(keys), *keys, *args)
+                    except NoScriptError:
+                        await client.script_load(script.text)
+                        reply = await client.evalsha(script.sha, len(keys), *keys, *args)
         except (RedisError, OSError, TimeoutError) as exc:
             if own:
                 self._drop_connection(loop)
