@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from baldur.errors import ConfigError
 
@@ -104,8 +105,10 @@ def _parse(spec: str, setting: str) -> tuple[int, float]:
     return count, period
 
 
-@dataclass(frozen=True, slots=True)
-class RateDecision:
+class RateDecision(NamedTuple):
+    """One call's decision. Immutable; a named tuple rather than a frozen dataclass, as one is made
+    on every limited call and a frozen dataclass takes four times as long to build."""
+
     allowed: bool
     #: Calls that may still be made right now (after this one, if it was allowed).
     remaining: int
