@@ -257,13 +257,15 @@ def report_servers(results: list[ServerResult], rounds: int, seconds: float) -> 
             figures[f"{result.server}/{v.key}/rps"] = rps
             figures[f"{result.server}/{v.key}/ratio"] = ratio(rps, base)
             figures[f"{result.server}/{v.key}/vs_floor"] = ratio(rps, floor)
+            if "floor-async" in by_key:
+                figures[f"{result.server}/{v.key}/vs_floor_async"] = ratio(rps, by_key["floor-async"].figure("rps"))
             figures[f"{result.server}/{v.key}/p50_ms"] = v.figure("p50_us") / 1000
             figures[f"{result.server}/{v.key}/p99_ms"] = v.figure("p99_us") / 1000
             non2xx = sum(run["non2xx"] for run in v.runs)
             errors = sum(run["connect"] + run["read"] + run["write"] + run["timeout"] for run in v.runs)
             low, high = min(run["rps"] for run in v.runs), max(run["rps"] for run in v.runs)
             rows.append([v.label, f"{rps:.0f}", f"{low:.0f}–{high:.0f}", fmt(ratio(rps, base)),
-                         "–" if v.key.removeprefix("before-") in ("bare", "floor", "baldur-memory",
+                         "–" if v.key.removeprefix("before-") in ("bare", "floor", "floor-async", "baldur-memory",
                                                                   "baldur-redis-breaker")
                          or v.key.startswith("django-")
                          else fmt(ratio(rps, floor)),
@@ -293,7 +295,11 @@ def report_servers(results: list[ServerResult], rounds: int, seconds: float) -> 
              f"the same `{LIMIT}` default limit for Flask-Limiter (fixed window); "
              "`limit on the view` is `@baldur.protected(\"demo\", rate_limit=...)` with no app-wide limit, "
              "whose admission is one script; the floor's view runs one `EVALSHA` of "
-             "`return redis.call('INCR', KEYS[1])` through redis-py's sync client"]
+             "`return redis.call('INCR', KEYS[1])` through redis-py's sync client",
+             "- `async floor`: the same `EVALSHA` through `redis.asyncio` at its leanest (the request thread drives "
+             "an event loop of its own, on a connection of its own, the command packed once; no pool, no timeout, "
+             "no store): what any async design pays for one round trip from a sync view, so it bounds what "
+             "Baldur's async core can reach on the floor's row"]
     return "\n".join(text), figures
 
 

@@ -238,7 +238,9 @@ def goals(run: Run) -> str:
         if f"{server}/floor/rps" in f:
             value = get(f"{server}/baldur-redis/vs_floor")
             rows.append(["gunicorn -w 2 throughput, Redis (rate limit on), × floor", fmt(value, 3), "≥ 0.95",
-                         f"floor {fmt(get(f'{server}/floor/ratio'))}× bare; Baldur "
+                         f"floor {fmt(get(f'{server}/floor/ratio'))}× bare; async floor "
+                         f"{fmt(get(f'{server}/floor-async/vs_floor'))}× floor; Baldur "
+                         f"{fmt(get(f'{server}/baldur-redis/vs_floor_async'))}× async floor, "
                          f"{fmt(get(f'{server}/baldur-redis/ratio'))}× bare; Flask-Limiter "
                          f"{fmt(get(f'{server}/limiter-redis/ratio'))}× bare; Baldur with the limit on the view "
                          f"{fmt(get(f'{server}/baldur-redis-view/vs_floor'))}× floor; gthread "
