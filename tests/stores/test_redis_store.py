@@ -23,6 +23,7 @@ from baldur.policies.rate_limit import MICROS, RateDecision, RateLimit
 from baldur.stores._decisions import Admission
 from baldur.stores._types import Plan, Ticket
 from baldur.stores.memory import MemoryStore
+from baldur.stores import redis as redis_store
 from baldur.stores.redis import RedisStore, _decision
 from tests.breaker_cases import CASE_IDS, CASES, RuleCase
 from tests.redis_server import RedisServer
@@ -246,6 +247,24 @@ def test_distinct_client_values_are_distinct_keys_and_none_opens_a_hash_tag(redi
     assert len(keys) == len(values)
     for key in keys:  # the hash tag is the whole (escaped) value: one "{" and one "}", in order
         assert key.count("{") == 1 and key.count("}") == 1 and key.index("{") < key.index("}"), key
+
+
+def test_clients_cannot_grow_the_packing_caches_or_make_one_key_stand_for_another(redis_url: str) -> None:
+    # Keys and small arguments are packed once and looked up after: an attacker who rotates
+    # client keys (addresses, key_func values) only evicts cache entries, never grows them, and
+    # every key still comes out as it would without the cache.
+    store = RedisStore(redis_url, redacted_url=redis_url, prefix="cache")
+    script = store._scripts["rate"]
+    for i in range(3 * redis_store.KEYS_CACHED):
+        client = f"{{attacker-{i}}}"
+        key = store._key("demo", "r", client)
+        assert key == f"cache:{{demo}}:r:%7Battacker-{i}%7D"
+        assert script.packed([key], ["", 3600, i]).endswith(b"$%d\r\n%d\r\n" % (len(str(i)), i))
+        assert len(store._keys) <= redis_store.KEYS_CACHED
+        assert len(redis_store._bulks) <= redis_store.BULKS_MAX
+    big = "x" * (redis_store.BULK_MAX_BYTES + 1)  # a stored response, say: packed, never kept
+    assert script.packed(["k"], [big]).endswith(b"$%d\r\n%s\r\n" % (len(big), big.encode()))
+    assert big not in redis_store._bulks
 
 
 def test_a_script_flushed_from_redis_is_loaded_again(redis_url: str) -> None:
