@@ -170,7 +170,9 @@ BULK_MAX_BYTES = 256
 def _bulk(item: str | int | float) -> bytes:
     data = item.encode() if isinstance(item, str) else repr(item).encode()
     bulk = b"$%d\r\n%s\r\n" % (len(data), data)
-    if len(data) <= BULK_MAX_BYTES:
+    # Only strings and ints are kept: 60.0 == 60 as a dict key, and an int must never be sent as
+    # "60.0" (EXPIRE refuses it); a float finding an int's entry is sent as the same number.
+    if len(data) <= BULK_MAX_BYTES and type(item) in (str, int):
         if len(_bulks) >= BULKS_MAX:
             _bulks.clear()
         _bulks[item] = bulk

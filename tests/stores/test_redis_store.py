@@ -20,10 +20,10 @@ from baldur.bridges import SyncOverAsync
 from baldur.errors import CircuitOpen, ConfigError, Overloaded, Rejected
 from baldur.policies.breaker import BUCKETS, Breaker, Outcome, State
 from baldur.policies.rate_limit import MICROS, RateDecision, RateLimit
+from baldur.stores import redis as redis_store
 from baldur.stores._decisions import Admission
 from baldur.stores._types import Plan, Ticket
 from baldur.stores.memory import MemoryStore
-from baldur.stores import redis as redis_store
 from baldur.stores.redis import RedisStore, _decision
 from tests.breaker_cases import CASE_IDS, CASES, RuleCase
 from tests.redis_server import RedisServer
@@ -262,6 +262,10 @@ def test_clients_cannot_grow_the_packing_caches_or_make_one_key_stand_for_anothe
         assert script.packed([key], ["", 3600, i]).endswith(b"$%d\r\n%d\r\n" % (len(str(i)), i))
         assert len(store._keys) <= redis_store.KEYS_CACHED
         assert len(redis_store._bulks) <= redis_store.BULKS_MAX
+    for number in (61.5, 62.0, 62, 63, 63.0):  # a float never stands for an int, as "62.0" would
+        assert script.packed(["k"], [number]).endswith(b"\r\n%s\r\n" % repr(number).encode()) or (
+            float(number).is_integer() and script.packed(["k"], [number]).endswith(b"\r\n%d\r\n" % number))
+    assert script.packed(["k"], [62]).endswith(b"$2\r\n62\r\n")
     big = "x" * (redis_store.BULK_MAX_BYTES + 1)  # a stored response, say: packed, never kept
     assert script.packed(["k"], [big]).endswith(b"$%d\r\n%s\r\n" % (len(big), big.encode()))
     assert big not in redis_store._bulks
