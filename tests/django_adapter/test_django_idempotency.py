@@ -5,12 +5,14 @@ for wrong passwords."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from _dj_support import MODES, Site, content, problem_of
 from dj_views import ran
 from django.contrib.auth.models import User
+
+import baldur
 
 pytestmark = [pytest.mark.parametrize("mode", MODES), pytest.mark.django_db(transaction=True)]
 
@@ -98,3 +100,26 @@ def test_brute_force_through_the_login_view_ends_in_429(mode: str) -> None:
     assert body["violated-policies"] == ["login"]
     assert refused["Retry-After"] == "20"
     assert site.get("/login/").status_code == 200  # only POST is limited
+
+
+@pytest.fixture
+def two_records_per_identity() -> Iterator[None]:
+    """A process-wide setting (``baldur.init``), put back after the test."""
+    default = baldur.init().settings.idempotency_max_records
+    baldur.init(idempotency_max_records=2)
+    yield
+    baldur.init(idempotency_max_records=default)
+
+
+@pytest.mark.usefixtures("two_records_per_identity")
+def test_new_stored_responses_per_identity_are_bounded_and_a_refused_claim_is_given_back(mode: str) -> None:
+    site = Site(mode)
+    assert order(site, "r-1")[0] == 201
+    assert order(site, "r-2")[0] == 201
+    refused = site.post("/orders/sync", data="one", content_type="text/plain", headers={"Idempotency-Key": "r-3"})
+    assert problem_of(refused, 429)["violated-policies"] == ["idempotency-records"]
+    # The refused key was given back (not held "in progress": that would be a 409), and the bound holds.
+    assert order(site, "r-3")[0] == 429
+    replay = order(site, "r-1")  # a replay stores nothing new: not bounded
+    assert replay[0] == 201 and replay[1]["idempotent-replayed"] == "true"
+    assert ran["orders"] == 2

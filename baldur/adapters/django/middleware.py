@@ -24,7 +24,7 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from contextvars import Token
 from typing import Any, cast
 
@@ -72,7 +72,7 @@ from baldur.policies.breaker import Outcome
 from baldur.policies.idempotency import Verdict
 from baldur.policies.rate_limit import RateDecision, RateLimit
 from baldur.policies.shedding import Priority
-from baldur.stores._types import ExtraLimit
+from baldur.stores._types import ExtraLimit, IdempotencyStart
 
 __all__ = ["BaldurMiddleware"]
 
@@ -463,8 +463,16 @@ def _prepare(request: HttpRequest, state: _Request, identity: str) -> HttpRespon
     return Claim(_runtime._current or _runtime.current(), name, scope, body_print)
 
 
-def _idempotency_begin(request: HttpRequest, state: _Request, identity: str) -> HttpResponse | None:
-    """Claim the request's Idempotency-Key for its identity, replay its stored response, or refuse.
+#: A step of the idempotency claim that needs the store: ("begin", claim), ("rate", (key, limit))
+#: or ("abort", claim). The sync and the async face each perform it with their own calls.
+_Step = tuple[str, Any]
+_REFUSALS = (Rejected, IdempotencyMismatch, StoreUnavailable)
+
+
+def _claim_steps(request: HttpRequest, state: _Request, identity: str
+                 ) -> Generator[_Step, Any, HttpResponse | None]:
+    """Claim the request's Idempotency-Key for its identity, replay its stored response, or refuse:
+    the rule written once, as steps (``_idempotency_begin`` and ``_idempotency_begin_async`` run them).
 
     After Baldur's admission: a replay, a conflict and a mismatch have spent the client's
     quota, and the body of a refused client is never read."""
@@ -472,44 +480,68 @@ def _idempotency_begin(request: HttpRequest, state: _Request, identity: str) -> 
     if not isinstance(claim, Claim):
         return claim
     try:
-        start = claim.begin()
-    except (Rejected, IdempotencyMismatch, StoreUnavailable) as exc:
+        start: IdempotencyStart = yield ("begin", claim)
+    except _REFUSALS as exc:
         return _answer(state, exc)
     if start.verdict is Verdict.REPLAY and start.result is not None:
         return _replay(state, start.result)
     limit = state.options.records_per_identity
     if claim.held and limit is not None:
         # A new record: within the identity's bound of records per TTL, or refused (429).
-        runtime = _runtime._current or _runtime.current()
-        decision = runtime.sync.rate("idem:" + fingerprint(identity), limit)
+        decision: RateDecision = yield ("rate", ("idem:" + fingerprint(identity), limit))
         if not decision.allowed:
-            claim.abort()
+            yield ("abort", claim)
             return _answer(state, RateLimited("idempotency-records", decision.retry_after))
     if claim.held:
         state.idempotency_claim = claim
     return None
+
+
+class _Steps:
+    """Runs ``_claim_steps``: hands each step's answer, or its refusal, back to the rule."""
+
+    def __init__(self, steps: Generator[_Step, Any, HttpResponse | None]) -> None:
+        self.steps = steps
+        self.answer: Any = None
+        self.refusal: BaseException | None = None
+        self.response: HttpResponse | None = None
+
+    def next(self) -> _Step | None:
+        """The next step to perform, or ``None`` once the rule has its ``response``."""
+        answer, refusal, self.answer, self.refusal = self.answer, self.refusal, None, None
+        try:
+            return self.steps.throw(refusal) if refusal is not None else self.steps.send(answer)
+        except StopIteration as done:
+            self.response = done.value
+            return None
+
+
+def _idempotency_begin(request: HttpRequest, state: _Request, identity: str) -> HttpResponse | None:
+    run = _Steps(_claim_steps(request, state, identity))
+    while (step := run.next()) is not None:
+        kind, arg = step
+        try:
+            if kind == "rate":
+                run.answer = (_runtime._current or _runtime.current()).sync.rate(*arg)
+            else:
+                run.answer = arg.begin() if kind == "begin" else arg.abort()
+        except _REFUSALS as exc:
+            run.refusal = exc
+    return run.response
 
 
 async def _idempotency_begin_async(request: HttpRequest, state: _Request, identity: str) -> HttpResponse | None:
-    claim = _prepare(request, state, identity)
-    if not isinstance(claim, Claim):
-        return claim
-    try:
-        start = await claim.begin_async()
-    except (Rejected, IdempotencyMismatch, StoreUnavailable) as exc:
-        return _answer(state, exc)
-    if start.verdict is Verdict.REPLAY and start.result is not None:
-        return _replay(state, start.result)
-    limit = state.options.records_per_identity
-    if claim.held and limit is not None:
-        runtime = _runtime._current or _runtime.current()
-        decision = await runtime.async_.rate("idem:" + fingerprint(identity), limit)
-        if not decision.allowed:
-            await claim.abort_async()
-            return _answer(state, RateLimited("idempotency-records", decision.retry_after))
-    if claim.held:
-        state.idempotency_claim = claim
-    return None
+    run = _Steps(_claim_steps(request, state, identity))
+    while (step := run.next()) is not None:
+        kind, arg = step
+        try:
+            if kind == "rate":
+                run.answer = await (_runtime._current or _runtime.current()).async_.rate(*arg)
+            else:
+                run.answer = await (arg.begin_async() if kind == "begin" else arg.abort_async())
+        except _REFUSALS as exc:
+            run.refusal = exc
+    return run.response
 
 
 def _replay(state: _Request, stored: str) -> HttpResponse:
