@@ -126,7 +126,8 @@ def gcra(tat: int | None, now: int, limit: RateLimit, cost: int = 1) -> tuple[Ra
     Times are integer microseconds. ``tat`` is the stored theoretical arrival
     time (``None`` for a new key); a refused call stores nothing, so the
     returned TAT is then the old one. The Redis scripts (``_common.lua``) do
-    the same integer arithmetic, then the same one division into seconds.
+    the same integer arithmetic and answer in µs; the Redis store then makes
+    the same one division into seconds.
     """
     interval = limit.interval_us
     tolerance = limit.tolerance_us
