@@ -35,6 +35,8 @@ from sybil import Example, Sybil
 from sybil.evaluators.python import PythonEvaluator
 from sybil.parsers.markdown import CodeBlockParser, PythonCodeBlockParser, SkipParser
 
+from tests.ports import free_ports
+
 ROOT = Path(__file__).resolve().parents[1]
 #: The install every page after the README assumes (the README's first command, which a test keeps equal).
 INSTALL = "python3 -m venv .venv && .venv/bin/pip install -e '.[flask]'"
@@ -69,12 +71,6 @@ def normalise(text: str) -> str:
     for pattern, replacement in _PLACEHOLDERS:
         text = pattern.sub(replacement, text)
     return "\n".join(line.rstrip() for line in text.strip("\n").splitlines())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def fresh_checkout(destination: Path) -> Path:
@@ -143,7 +139,7 @@ class PageRun:
         self.page = page
         self.checkout = checkout
         self.scratch = scratch
-        self.ports = {role: free_port() for role in DOC_PORTS}
+        self.ports = dict(zip(DOC_PORTS, free_ports(len(DOC_PORTS)), strict=True))
         self.servers: dict[str, Server] = {}
         self.background: list[subprocess.Popen[bytes]] = []
         self.env = self._environment()
@@ -184,8 +180,13 @@ class PageRun:
         output = done.stdout.decode(errors="replace")
         if done.returncode != 0:
             raise AssertionError(f"{self.page}: `{script}` exited with {done.returncode}:\n{output}\n"
-                                 f"{done.stderr.decode(errors='replace')}")
+                                 f"{done.stderr.decode(errors='replace')}{self.servers_output()}")
         return output
+
+    def servers_output(self) -> str:
+        """What the page's servers printed, for a failure's message: a command may fail because of them."""
+        return "".join(f"\n--- the {role} server printed ---\n{server.text()[-4000:]}"
+                       for role, server in self.servers.items())
 
     def start_server(self, script: str, program: str) -> None:
         role = "redis" if program == "redis-server" else "web"

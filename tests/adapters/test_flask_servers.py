@@ -17,12 +17,13 @@ from _flask_support import (
     PYTHON,
     QUICKSTART,
     child_env,
-    free_port,
     read_log,
     server_process,
     wait_for_http,
     wait_for_output,
 )
+
+from tests.ports import free_port
 
 gunicorn = pytest.importorskip("gunicorn")
 from gunicorn.config import KNOWN_SETTINGS  # noqa: E402

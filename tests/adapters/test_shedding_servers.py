@@ -17,7 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from _flask_support import DEADLINE, PYTHON, child_env, free_port, server_process, wait_for_http
+from _flask_support import DEADLINE, PYTHON, child_env, server_process, wait_for_http
+
+from tests.ports import free_port
 
 pytest.importorskip("gunicorn")
 pytest.importorskip("uvicorn")

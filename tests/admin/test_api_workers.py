@@ -29,12 +29,12 @@ from tests.adapters._flask_support import (
     DEADLINE,
     PYTHON,
     child_env,
-    free_port,
     read_log,
     server_process,
     wait_for_http,
     wait_for_output,
 )
+from tests.ports import free_ports
 from tests.redis_server import RedisServer
 
 pytest.importorskip("redis")
@@ -103,7 +103,7 @@ class Fleet:
 def fleet(redis_server: RedisServer, tmp_path: Path) -> Iterator[Fleet]:
     prefix = f"fleet-{uuid.uuid4().hex[:10]}"
     shared = {"BALDUR_REDIS_URL": redis_server.url, "BALDUR_KEY_PREFIX": prefix, "BALDUR_REDIS_TIMEOUT_MS": "2000"}
-    app_port, admin_port = free_port(), free_port()
+    app_port, admin_port = free_ports(2)
     app_log, admin_log = tmp_path / "gunicorn.log", tmp_path / "admin.log"
     gunicorn = [PYTHON, "-m", "gunicorn", "-w", str(WORKERS), "-b", f"127.0.0.1:{app_port}",
                 "--graceful-timeout", "5", "metrics_app:app"]

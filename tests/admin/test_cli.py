@@ -18,9 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from baldur.cli import EXIT_CODES, MAX_SECONDS, parse_duration
-from tests.adapters._flask_support import (
-    free_port,
-)
+from tests.ports import free_port
 
 HERE = Path(__file__).resolve().parent
 _SCRIPT = Path(sys.executable).with_name("baldur")

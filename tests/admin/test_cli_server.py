@@ -20,13 +20,13 @@ from baldur.cli import EXIT_CODES
 from tests.adapters._flask_support import (
     PYTHON,
     child_env,
-    free_port,
     http_get,
     read_log,
     server_process,
     wait_for_http,
     wait_for_output,
 )
+from tests.ports import free_port
 
 # The admin API comes from the admin-api branch (issue 12); until it is merged there is nothing to talk to.
 pytest.importorskip("baldur.admin._app", reason="the admin API (branch wip/admin-api) is not merged yet")

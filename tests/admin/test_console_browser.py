@@ -28,13 +28,13 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 from tests.adapters._flask_support import (
     PYTHON,
     child_env,
-    free_port,
     http_get,
     read_log,
     server_process,
     stop_group,
     wait_for_http,
 )
+from tests.ports import free_port
 
 CHROMIUM = shutil.which("chromium")
 _NO_CHROMIUM = ("no `chromium` on PATH: the Web Console's browser test drives the system's Chromium "

@@ -32,11 +32,11 @@ from tests.adapters._flask_support import (
     PYTHON,
     ROOT,
     child_env,
-    free_port,
     read_log,
     server_process,
     wait_for_output,
 )
+from tests.ports import free_port
 from tests.redis_server import RedisServer
 
 redis = pytest.importorskip("redis")
