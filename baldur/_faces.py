@@ -29,17 +29,16 @@ _CLOSED = State.CLOSED
 
 
 def _lane_or_call(protection: Protection) -> Lane | Call | _web.WebCall:
-    lane = protection.lane
-    if lane is None or lane.state.state is not _CLOSED:
-        return Call(protection)
     web = _web.web_call.get() if _web.hooks_installed else None
-    if web is None or web.entered:  # not a web request's view (a view's own calls come after it entered)
-        next(lane.entered)
-        return lane
-    if web.lane is lane:  # the request's view, admitted on the lane at the front
-        web.entered = True
+    if web is not None and web.stands_in_for(protection):  # the request's view, admitted at the front
         return web
-    return Call(protection)
+    lane = protection.lane
+    # A web request's view not admitted at the front is a Call (it may be the view); a view's own
+    # calls come after it entered.
+    if lane is None or lane.state.state is not _CLOSED or (web is not None and not web.entered):
+        return Call(protection)
+    next(lane.entered)
+    return lane
 
 
 def sync_face(func: Callable[..., Any], protection: Protection) -> Callable[..., Any]:

@@ -114,7 +114,13 @@ class WebCall:
                 return None
             return self._front_rated(extra, runtime.sync.rate(extra.key, extra.limit))
         plan = protection.plan(runtime)
-        if self._front_lane(protection, extra):
+        lane = self._front_lane(protection)
+        if lane is not None:
+            if extra is not None:
+                refusal = self._front_rated(extra, runtime.sync.rate(extra.key, extra.limit))
+                if refusal is not None:
+                    return refusal
+            self._take_lane(lane)
             return None
         try:
             ticket = runtime.sync.admit(plan, self.client_key() if plan.rate_limit is not None else None, extra)
@@ -132,7 +138,13 @@ class WebCall:
                 return None
             return self._front_rated(extra, await runtime.async_.rate(extra.key, extra.limit))
         plan = protection.plan(runtime)
-        if self._front_lane(protection, extra):
+        lane = self._front_lane(protection)
+        if lane is not None:
+            if extra is not None:
+                refusal = self._front_rated(extra, await runtime.async_.rate(extra.key, extra.limit))
+                if refusal is not None:
+                    return refusal
+            self._take_lane(lane)
             return None
         try:
             ticket = await runtime.async_.admit(plan, self.client_key() if plan.rate_limit is not None else None,
@@ -150,15 +162,17 @@ class WebCall:
         _metrics.rejected(refusal)
         return refusal
 
-    def _front_lane(self, protection: Protection, extra: ExtraLimit | None) -> bool:
-        """The view is admitted at the front; ``True`` when on the fast lane (nothing to ask the store)."""
+    def _front_lane(self, protection: Protection) -> Lane | None:
+        """The view is admitted at the front; its fast lane if the breaker reads closed there. The
+        adapter's per-client limit is then spent on its own: a closed breaker admits whatever the
+        limit admits, so the one store step is the limit's (no ticket, no second step to finish)."""
         self.front = protection
         lane = protection.lane
-        if extra is None and lane is not None and lane.state.state is _CLOSED:
-            self.lane = lane
-            next(lane.entered)
-            return True
-        return False
+        return lane if lane is not None and lane.state.state is _CLOSED else None
+
+    def _take_lane(self, lane: Lane) -> None:
+        self.lane = lane
+        next(lane.entered)
 
     def _front_refused(self, exc: Rejected, extra: ExtraLimit | None, has_fallback: bool) -> Rejected | None:
         _metrics.rejected(exc)
@@ -179,6 +193,20 @@ class WebCall:
         if ticket.rate is not None and plan.rate_limit is not None:
             self.add_policy(plan.name, plan.rate_limit, ticket.rate)
 
+    def stands_in_for(self, protection: Protection) -> bool:
+        """The view of ``protection`` starts; ``True`` when this request, admitted at the front,
+        serves as the view's call (as a ``Lane`` would): the adapter judges the outcome by the
+        response anyway. Not when a refusal waits for the view's fallback, nor when the breaker
+        times slow calls (a ``Call`` keeps the clock)."""
+        if self.entered or self.front is not protection or self.deferred is not None:
+            return False
+        if self.lane is None:
+            ticket = self.ticket
+            if ticket is None or (ticket.plan.breaker is not None and ticket.plan.breaker.slow_call is not None):
+                return False
+        self.entered = True
+        return True
+
     def refused(self, exc: Rejected) -> None:
         """The view's admission (made by its ``Call``, not at the front) was refused."""
         self.rejected = True
@@ -193,10 +221,10 @@ class WebCall:
         (an exception, a slow call), else the adapter judges by the response."""
         self.outcome, self.error = outcome, error
 
-    # -- the view's call on the lane (what ``Call`` does for it, without a Call) --
+    # -- the view's call when it stands in (what ``Call`` does for it, without a Call) --
 
     def failed(self, exc: BaseException) -> bool:
-        """The view admitted on the lane raised ``exc``: ``True`` if its fallback may answer."""
+        """The view this request stands in for raised ``exc``: ``True`` if its fallback may answer."""
         assert self.front is not None
         from baldur._protection import classify
 

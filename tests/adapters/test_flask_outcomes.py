@@ -336,3 +336,43 @@ def test_the_slot_comes_back_when_key_func_raises() -> None:
     add_view(app, "/ok", "sync", lambda: "ok")
     assert _statuses(app, 2) == [500, 500]  # the application's own bug, answered as such
     assert _admits(app)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_limited_view_on_the_fast_lane_spends_its_limit_alone_and_still_counts_failures(
+        kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the per-client limit on, a view whose breaker reads closed is admitted by the limit's
+    one step (``rate``) and the lane: no ticket, no ``admit`` or ``finish``. The limit stays exact,
+    its refusal keeps its headers, and the view's failures still open the breaker."""
+    from baldur.stores.memory import MemoryStore
+
+    asked: list[str] = []
+    for operation in ("admit", "finish", "rate"):
+        real = getattr(MemoryStore, operation)
+
+        def counted(self: MemoryStore, *args: Any, _real: Any = real, _name: str = operation) -> Any:
+            asked.append(_name)
+            return _real(self, *args)
+
+        monkeypatch.setattr(MemoryStore, operation, counted)
+    failing = False
+
+    def view() -> Any:
+        return _raise() if failing else "ok"
+
+    app = _app_with(kind, view, rate_limit="8/hour")
+    client = app.test_client()
+    assert client.get("/v").status_code == 200  # the first call takes the full path, then the lane
+    asked.clear()
+    answers = [client.get("/v") for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert asked == ["rate"] * 3
+    assert answers[-1].headers["RateLimit"].startswith('"default";r=4;')
+    failing = True
+    # Two failures open the breaker; its refusals spend the limit too (the limit is asked first).
+    assert [client.get("/v").status_code for _ in range(4)] == [500, 500, 503, 503]
+    assert baldur.breaker("v").state == "open"
+    refused = client.get("/v")
+    assert refused.status_code == 429
+    assert refused.headers["RateLimit"].startswith('"default";r=0;')
+    assert refused.headers["Content-Type"] == "application/problem+json"
