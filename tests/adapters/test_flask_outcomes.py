@@ -4,6 +4,7 @@ comes back, however the request ends (docs/getting-started/flask.md, after_reque
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -376,3 +377,17 @@ def test_a_limited_view_on_the_fast_lane_spends_its_limit_alone_and_still_counts
     assert refused.status_code == 429
     assert refused.headers["RateLimit"].startswith('"default";r=0;')
     assert refused.headers["Content-Type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_slow_success_of_a_view_counts_as_a_failure(kind: str) -> None:
+    """A breaker that times slow calls keeps its clock on the view (the view's call is timed,
+    not stood in for by the request): two answers slower than ``slow_call`` open it."""
+    def view() -> Any:
+        time.sleep(0.03)  # always longer than slow_call: the sleep lasts at least this long
+        return "ok"
+
+    slow = baldur.Breaker(consecutive_failures=2, failure_rate=None, slow_call=0.01, open_for=30)
+    app = _app_with(kind, view, breaker=slow)
+    assert _statuses(app, 3) == [200, 200, 503]
+    assert baldur.breaker("v").state == "open"
