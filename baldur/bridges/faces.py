@@ -31,6 +31,9 @@ class AsyncOverSync:
         self.store.finish(ticket, outcome)
         return True
 
+    def rate_without_io(self, key: str, limit: RateLimit) -> RateDecision | None:
+        return self.store.rate(key, limit)
+
     async def finish(self, ticket: Ticket, outcome: Outcome) -> None:
         self.store.finish(ticket, outcome)
 
@@ -83,7 +86,8 @@ class SyncOverAsync:
             run_sync(self.store.finish, ticket, outcome)
 
     def rate(self, key: str, limit: RateLimit) -> RateDecision:
-        return run_sync(self.store.rate, key, limit)
+        decision = self.store.rate_without_io(key, limit)
+        return decision if decision is not None else run_sync(self.store.rate, key, limit)
 
     def read_breaker(self, name: str, options: Breaker) -> State:
         return run_sync(self.store.read_breaker, name, options)

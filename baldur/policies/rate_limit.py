@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 from baldur.errors import ConfigError
 
-__all__ = ["MICROS", "RateDecision", "RateLimit", "gcra", "micros"]
+__all__ = ["ADVANCE_UNITS", "MICROS", "Advance", "RateDecision", "RateLimit", "gcra", "micros"]
 
 _UNITS = {
     "second": 1.0, "seconds": 1.0, "sec": 1.0, "s": 1.0,
@@ -142,6 +142,56 @@ def gcra(tat: int | None, now: int, limit: RateLimit, cost: int = 1) -> tuple[Ra
     next_after = interval - slack % interval if slack >= 0 else -slack
     return RateDecision(True, _remaining(slack, interval), 0.0, next_after / MICROS,
                         (new_tat - now) / MICROS), new_tat
+
+
+#: The units of a client's quota a process asks a shared store for at once (``Advance``).
+ADVANCE_UNITS = 8
+#: How long an advance's units stay usable at most, in µs, whatever their slots.
+ADVANCE_LIFETIME_US = 1_000_000
+#: Taken off each unit's slot, in µs: the process's clock and the store's may drift apart
+#: while the advance lives (by far less than this in a second).
+ADVANCE_MARGIN_US = 1_000
+
+
+class Advance:
+    """Units of one client's quota that a shared store handed this process ahead of use.
+
+    The store spent ``units`` at once (``gcra`` in ``_common.lua``): the first for the call
+    that asked; the others are the consecutive slots after it, each ``interval`` long,
+    from ``first_slot`` on. A unit may be spent only until its slot starts. Then every
+    call admitted, from an advance or by the store, holds a slot of its own that starts
+    between its time and its time plus the tolerance: exactly the condition for a
+    sequence of calls to conform to GCRA (docs/performance.md, "Advances"). The units
+    left when the advance is dropped are given back on the next ask (``unspent``), if no
+    one took quota since; else they are lost to the client, never given to anyone else.
+
+    Times are this process's clock in µs; ``first_slot`` is the store's slot mapped onto
+    it as if the store read its clock when the request was sent (the latest it can map
+    to), so that a unit is never judged in time when the store would find it late.
+    """
+
+    __slots__ = ("end", "expires", "limit", "next_slot", "stored")
+
+    def __init__(self, limit: RateLimit, first_slot: int, units: int, sent: int, stored: object) -> None:
+        self.limit = limit
+        self.next_slot = first_slot + limit.interval_us
+        self.end = first_slot + units * limit.interval_us
+        self.expires = sent + ADVANCE_LIFETIME_US
+        #: The TAT the store kept after the advance (what a give-back must still find there).
+        self.stored = stored
+
+    def take(self, now: int) -> RateDecision | None:
+        """Spend the next unit at ``now``: the decision GCRA makes for it, or ``None`` when
+        no unit is left in time (then the store must be asked)."""
+        slot = self.next_slot
+        if slot >= self.end or now > slot - ADVANCE_MARGIN_US or now > self.expires:
+            return None
+        self.next_slot = slot + self.limit.interval_us
+        return gcra(slot, now, self.limit)[0]
+
+    def unspent(self) -> int:
+        """The units not spent: the last ones of the advance."""
+        return max(0, self.end - self.next_slot) // self.limit.interval_us
 
 
 def micros(seconds: float) -> int:

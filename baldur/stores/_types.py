@@ -130,6 +130,9 @@ class AsyncStore(Protocol):
 
     async def finish(self, ticket: Ticket, outcome: Outcome) -> None: ...
 
+    def rate_without_io(self, key: str, limit: RateLimit) -> RateDecision | None:
+        """Spend one unit of ``limit`` for ``key`` at once when no I/O is needed; else ``None``."""
+
     async def rate(self, key: str, limit: RateLimit) -> RateDecision: ...
 
     async def read_breaker(self, name: str, options: Breaker) -> State: ...

@@ -75,7 +75,7 @@ from baldur.bridges import background, is_home_loop, run_sync
 from baldur.errors import ConfigError, RateLimited, StoreUnavailable
 from baldur.policies.breaker import Breaker, Outcome, State, bucket_width
 from baldur.policies.idempotency import CLAIM_LEASE_SECONDS, Verdict
-from baldur.policies.rate_limit import MICROS, RateDecision, RateLimit, micros
+from baldur.policies.rate_limit import ADVANCE_UNITS, MICROS, Advance, RateDecision, RateLimit, micros
 from baldur.stores._admin import AUDIT_LENGTH, HISTORY_LENGTH, AuditEntry, BreakerView, Forced, Transition
 from baldur.stores._decisions import Admission, announce_transition, lua_constants, rejection
 from baldur.stores._types import ExtraLimit, IdempotencyStart, Plan, Ticket
@@ -119,6 +119,9 @@ RESUBSCRIBE_SECONDS = 0.1
 MIRROR_MAX_BREAKERS = 10_000
 #: Keys made recently, kept so that a call does not escape and format the same names again.
 KEYS_CACHED = 4096
+#: Clients whose advance of quota this process holds, at most (all are forgotten beyond: their
+#: units are lost to them, never given to anyone else).
+ADVANCES_MAX = 4096
 #: The states whose calls the mirror admits without asking Redis.
 _MIRROR_ADMITS = frozenset({str(State.CLOSED), str(State.FORCED_CLOSED)})
 
@@ -149,7 +152,7 @@ class _Script:
         self.sha = hashlib.sha1(self.text.encode()).hexdigest()
         self._head = b"$7\r\nEVALSHA\r\n$40\r\n" + self.sha.encode() + b"\r\n"
 
-    def packed(self, keys: Sequence[str], args: Sequence[str | int | float]) -> bytes:
+    def packed(self, keys: Sequence[str], args: Sequence[str | int | float | bytes]) -> bytes:
         """The EVALSHA command in RESP, packed here: the part that never changes is packed once, and
         the small items (keys, options: the same call after call) are looked up, not formatted."""
         parts = [b"*%d\r\n" % (len(keys) + len(args) + 3), self._head, _bulks.get(len(keys)) or _bulk(len(keys))]
@@ -162,12 +165,14 @@ class _Script:
 
 #: Packed RESP bulk strings of recent small items; a bounded cache (emptied when full), so clients'
 #: keys can evict nothing but each other's entries, and cost at most its size.
-_bulks: dict[str | int | float, bytes] = {}
+_bulks: dict[str | int | float | bytes, bytes] = {}
 BULKS_MAX = 4096
 BULK_MAX_BYTES = 256
 
 
-def _bulk(item: str | int | float) -> bytes:
+def _bulk(item: str | int | float | bytes) -> bytes:
+    if isinstance(item, bytes):  # an answer of Redis sent back as it came (an advance's TAT): never kept
+        return b"$%d\r\n%s\r\n" % (len(item), item)
     data = item.encode() if isinstance(item, str) else repr(item).encode()
     bulk = b"$%d\r\n%s\r\n" % (len(data), data)
     # Only strings and ints are kept: 60.0 == 60 as a dict key, and an int must never be sent as
@@ -229,7 +234,8 @@ class RedisStore:
     """The async face of the Redis store (``SyncOverAsync`` gives sync callers theirs)."""
 
     def __init__(self, url: str, *, redacted_url: str, prefix: str = "baldur", timeout: float = 0.1,
-                 max_keys: int = 100_000, clock: Callable[[], float] | None = None) -> None:
+                 max_keys: int = 100_000, clock: Callable[[], float] | None = None,
+                 advance_units: int = ADVANCE_UNITS) -> None:
         try:
             aioredis.ConnectionPool.from_url(url)
         except (ValueError, TypeError) as exc:
@@ -240,6 +246,8 @@ class RedisStore:
         self.timeout = timeout
         #: Tests pass a clock to compare decisions with the memory store; else Redis's own TIME.
         self.clock = clock
+        #: The units of a client's quota asked for at once, to spend without asking again (1: none).
+        self.advance_units = advance_units
         self.local = MemoryStore(max_keys=max_keys)
         self.down = False
         self.down_reason = ""
@@ -289,6 +297,7 @@ class RedisStore:
         self._heard = 0
         self._generation = 0
         self._listener: Any = None  # the background task that keeps the subscription
+        self._advances: dict[str, Advance] = {}  # client key → the advance of its quota held here
         _stores.add(self)
 
     def __repr__(self) -> str:
@@ -315,11 +324,50 @@ class RedisStore:
                          ) -> Ticket | None:
         """Admit a call that needs nothing exact from Redis (no shared state, or only a breaker the
         mirror reads closed) at once; ``None`` if it must be asked."""
-        if extra is not None or plan.needs_lock:
+        if plan.needs_lock or not (plan.breaker is None or self._mirror_admits(plan)):
             return None
-        if plan.breaker is None or self._mirror_admits(plan):
+        if extra is None:
             return plan.plain_ticket
-        return None
+        decision = self.rate_without_io(extra.key, extra.limit)
+        if decision is None:
+            return None
+        ticket = Ticket(plan)
+        ticket.extra_rate = decision
+        return ticket
+
+    def rate_without_io(self, key: str, limit: RateLimit) -> RateDecision | None:
+        """A unit of ``key``'s advance still in time (see ``Advance``), or ``None``: ask Redis."""
+        if not self._advances:
+            return None
+        with self._lock:
+            advance = self._advances.get(key)
+            if advance is None:
+                return None
+            # (one out of time or spent stays until the ask that follows gives its units back)
+            return advance.take(self._clock_us()) if advance.limit == limit else None
+
+    def _keep_advance(self, key: str, limit: RateLimit, sent: int, reply: Sequence[Any]) -> None:
+        """Redis spent the units of ``reply`` (gcra's last three) of ``key``'s quota: for this
+        call, and, if more than one, for the next ones of this process."""
+        units, first_slot, stored = reply
+        if units > 1:
+            with self._lock:
+                if len(self._advances) >= ADVANCES_MAX:
+                    self._advances.clear()
+                self._advances[key] = Advance(limit, sent + first_slot, units, sent, stored)
+
+    def _give_back(self, key: str) -> tuple[int, Any]:
+        """The unspent units of ``key``'s advance, dropped now, and the TAT Redis must still hold
+        to take them back: the arguments of the ask that replaces it."""
+        if not self._advances:
+            return 0, ""
+        with self._lock:
+            advance = self._advances.pop(key, None)
+        return (0, "") if advance is None else (advance.unspent(), advance.stored)
+
+    def _clock_us(self) -> int:
+        """This process's clock for advances, in µs: the test clock if one is set (Redis reads it too)."""
+        return micros(self.clock()) if self.clock is not None else time.monotonic_ns() // 1000
 
     async def admit(self, plan: Plan, client: str | None = None, extra: ExtraLimit | None = None) -> Ticket:
         at_once = self.admit_without_io(plan, client, extra)
@@ -346,7 +394,13 @@ class RedisStore:
         if breaker is not None:
             pending = self._take_pending(plan.breaker_key)
             args += (pending, *self._breaker_options(breaker))
+        elif extra is not None:
+            # An advance serves only calls admitted without I/O otherwise (see admit_without_io).
+            args += (self.advance_units if not plan.needs_lock else 1, *self._give_back(extra.key))
+        else:
+            args += (1, 0, "")
         heard, generation = self._heard, self._generation
+        sent = self._clock_us()
         try:
             reply = await self._run("admit_limits" if breaker is None else "admit", keys, args)
         except _RedisDown:
@@ -354,12 +408,15 @@ class RedisStore:
             if not self.down:
                 self._refuse_if_exhausted(plan, client)
             return self._local_admit(plan, client, extra)
-        if len(reply) > 12:
-            self._learn(keys[2], reply[12], reply[13], heard, generation)
+        if len(reply) > 15:
+            self._learn(keys[2], reply[15], reply[16], heard, generation)
         code, remaining, retry_after, next_after, reset_after, trial, transitions = reply[:7]
         admission = Admission(code)
         self._announce(plan.name, transitions)
-        extra_decision = None if extra is None else _decision(reply[7:12])
+        extra_decision = None
+        if extra is not None:
+            extra_decision = _decision(reply[7:12])
+            self._keep_advance(extra.key, extra.limit, sent, reply[12:15])
         decision = None
         if rate is not None and admission is not Admission.EXTRA_RATE_LIMITED:
             decision = _decision((admission is not Admission.RATE_LIMITED, remaining, retry_after
@@ -409,14 +466,19 @@ class RedisStore:
         await self._send_finish(plan, ticket.lease, _OUTCOME_CODE[outcome], ticket.trial)
 
     async def rate(self, key: str, limit: RateLimit) -> RateDecision:
+        decision = self.rate_without_io(key, limit)
+        if decision is not None:
+            return decision
         if self.down:
             return self.local.rate(key, self._share_of(limit))
+        sent = self._clock_us()
         try:
-            reply = await self._run(
-                "rate", [self._key(key, "r")], [self._now(), limit.interval_us, limit.tolerance_us])
+            reply = await self._run("rate", [self._key(key, "r")], [
+                self._now(), limit.interval_us, limit.tolerance_us, self.advance_units, *self._give_back(key)])
         except _RedisDown:
             return self.local.rate(key, self._share_of(limit))
-        decision = _decision(reply)
+        decision = _decision(reply[:5])
+        self._keep_advance(key, limit, sent, reply[5:])
         if not decision.allowed:
             _log.emit("ratelimit.blocked", key, retry_after=round(decision.retry_after, 3))
         return decision
@@ -475,6 +537,7 @@ class RedisStore:
         """Delete every key under the prefix (for tests) and forget local state."""
         with self._lock:
             self._pending.clear()
+            self._advances.clear()
             self._forget_mirror()
         self.local.reset()
         client = self._client()
@@ -925,6 +988,7 @@ class RedisStore:
         self._connections = weakref.WeakKeyDictionary()
         self._pending = {}
         self._leases = {}
+        self._advances = {}  # the parent's units are the parent's: spent here too, they would count twice
         self._flusher = self._prober = self._renewer = False
         self._probe_task = None
         self.down, self.down_reason, self._late = False, "", 0

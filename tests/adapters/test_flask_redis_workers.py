@@ -36,7 +36,7 @@ from _flask_support import (
 )
 
 from baldur.policies.breaker import Breaker, Outcome
-from baldur.policies.rate_limit import RateLimit
+from baldur.policies.rate_limit import ADVANCE_UNITS, RateLimit
 from baldur.stores._types import Plan
 from tests.ports import free_port
 from tests.redis_server import RedisServer
@@ -435,12 +435,14 @@ def test_redis_commands_per_request_of_the_quickstart_with_a_rate_limit(
     print(f"\nRedis commands per request, quickstart + BALDUR_RATE_LIMIT, {WORKERS} workers, {requests} "
           f"requests: {sum(sent.values()) / requests:.4f} in all, of which admissions "
           f"{admissions(sent) / requests:.4f}; sent: {dict(sent)}")
-    # The contract: one round trip on the critical path (the client's limit and the view's
+    # The contract: at most one round trip on the critical path (the client's limit and the view's
     # admission are one script) and at most two in all. A success is written behind: carried by
     # the worker's next admit while the breaker is read in Redis, else flushed (within
-    # FLUSH_SECONDS), at least once after the burst. How often a worker flushes during the burst
-    # depends on the machine's load, so the flushes are bounded, the admissions counted exactly.
-    assert admissions(sent) == requests, dict(sent)
+    # FLUSH_SECONDS), at least once after the burst. The client runs ahead of its sustained rate,
+    # so most requests are served from a worker's advance of its quota and ask nothing (how many
+    # depends on which worker serves which request: tests/stores/test_redis_advances.py counts
+    # them exactly, in one process); a worker asks once per advance at best.
+    assert requests / ADVANCE_UNITS <= admissions(sent) <= requests, dict(sent)
     assert sum(sent.values()) <= 2 * requests, dict(sent)
 
 

@@ -179,7 +179,7 @@ def _script_decisions(url: str, store: RedisStore, key: str, limit: RateLimit,
         pipe = client.pipeline(transaction=False)
         for now in instants[start:start + 10_000]:
             pipe.evalsha(script.sha, 1, store._key(key, "r"), now, limit.interval_us, limit.tolerance_us)
-        decisions += [_decision(reply) for reply in pipe.execute()]
+        decisions += [_decision(reply[:5]) for reply in pipe.execute()]
     client.close()
     return decisions
 

@@ -30,23 +30,43 @@ local function remaining_units(slack, interval)
   return 0
 end
 
--- Spends one unit of the limit stored at key (now, interval, tolerance in µs).
--- Returns allowed (0/1), remaining, retry_after, next_after, reset_after (µs).
-local function gcra(key, now, interval, tolerance)
-  local tat = tonumber(redis.call('GET', key))
+-- Spends one unit of the limit stored at key (now, interval, tolerance in µs), and,
+-- when want > 1, may hand the caller an advance: want units in all, the first for this
+-- call, the others the slots after it, for the caller's process to spend on its own
+-- (policies/rate_limit.py, Advance: each only until its slot). Only to a client ahead
+-- of its sustained rate, and only while half its burst stays free after it: near the
+-- limit every unit is asked for. First, give units of an earlier advance back: the last
+-- ones, unspent, if the stored TAT is still the one that advance left (nothing taken since).
+-- Returns allowed (0/1), remaining, retry_after, next_after, reset_after (µs), as if one
+-- unit were spent, then the units taken, the first unit's slot after now (µs) and the
+-- TAT stored (what a give-back must find).
+local function gcra(key, now, interval, tolerance, want, give, expected)
+  local stored = redis.call('GET', key)
+  if give > 0 and stored == expected then
+    stored = string.format('%.0f', tonumber(expected) - give * interval)
+    redis.call('SET', key, stored, 'KEEPTTL')
+  end
+  local tat = tonumber(stored)
   local base = now
   if tat ~= nil and tat >= now then base = tat end
   local new_tat = base + interval
   local allow_at = new_tat - tolerance - interval
   if allow_at > now then
     local wait = allow_at - now
-    return 0, remaining_units(tolerance - (base - now), interval), wait, wait, base - now
+    return 0, remaining_units(tolerance - (base - now), interval), wait, wait, base - now, 0, 0, ''
   end
   local slack = tolerance - (new_tat - now)
   local next_after
   if slack >= 0 then next_after = interval - slack % interval else next_after = -slack end
-  redis.call('SET', key, string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
-  return 1, remaining_units(slack, interval), 0, next_after, new_tat - now
+  local units = 1
+  if want > 1 and base > now and remaining_units(tolerance - (base + want * interval - now), interval)
+      >= math.ceil((math.floor(tolerance / interval) + 1) / 2) then
+    units = want
+  end
+  local tat_after = base + units * interval
+  stored = string.format('%.0f', tat_after)
+  redis.call('SET', key, stored, 'PX', math.ceil((tat_after - now) / 1000) + 1000)
+  return 1, remaining_units(slack, interval), 0, next_after, new_tat - now, units, base - now, stored
 end
 
 -- Admission's limits ------------------------------------------------------
@@ -57,18 +77,21 @@ end
 --       2 rate interval in µs (0 = no limit), 3 rate tolerance in µs
 --       4 concurrency limit (0 = none), 5 lease id, 6 lease seconds
 --       7 extra interval in µs (0 = none), 8 extra tolerance in µs
+-- extra_units, give, expected: the advance of the extra limit wanted (1: none), and the
+-- units of an earlier one given back (gcra's).
 -- Returns the refusal (admit.lua's reply) if a limit refuses, else nil and what
 -- admission goes on with: now (seconds), the rate limit's remaining, next_after
--- and reset_after, whether a lease was taken, and the extra limit's figures.
+-- and reset_after, whether a lease was taken, and the extra limit's figures
+-- (gcra's eight).
 
-local function spend_limits()
+local function spend_limits(extra_units, give, expected)
   local now_us = clock(ARGV[1])
   local now = now_us / 1000000
-  local extra = {1, 0, 0, 0, 0}
+  local extra = {1, 0, 0, 0, 0, 1, 0, ''}
   local extra_interval = tonumber(ARGV[7])
   if extra_interval > 0 then
-    local allowed, e_remaining, e_retry, e_next, e_reset = gcra(KEYS[4], now_us, extra_interval, tonumber(ARGV[8]))
-    extra = {allowed, e_remaining, e_retry, e_next, e_reset}
+    extra = {gcra(KEYS[4], now_us, extra_interval, tonumber(ARGV[8]), extra_units, give, expected)}
+    local allowed, e_retry = extra[1], extra[3]
     if allowed == 0 then
       return {EXTRA_RATE_LIMITED, 0, e_retry, 0, 0, 0, '', unpack(extra)}
     end
@@ -77,7 +100,7 @@ local function spend_limits()
   local remaining, retry_after, next_after, reset_after = 0, 0, 0, 0
   if interval > 0 then
     local allowed
-    allowed, remaining, retry_after, next_after, reset_after = gcra(KEYS[1], now_us, interval, tonumber(ARGV[3]))
+    allowed, remaining, retry_after, next_after, reset_after = gcra(KEYS[1], now_us, interval, tonumber(ARGV[3]), 1, 0, '')
     if allowed == 0 then
       return {RATE_LIMITED, remaining, retry_after, next_after, reset_after, 0, '', unpack(extra)}
     end

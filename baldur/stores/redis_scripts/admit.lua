@@ -4,11 +4,11 @@
 -- ARGV: 1..8 spend_limits's, 9 successes written behind since the last call,
 --       10..16 breaker options (see breaker_options)
 -- Returns {admission, remaining, retry_after, next_after, reset_after, trial, transitions,
---          extra: allowed, remaining, retry_after, next_after, reset_after,
+--          extra: allowed, remaining, retry_after, next_after, reset_after, units (1), slot (0), TAT stored,
 --          the breaker's state and until after this call (for the mirror)}
 --   the times in integer µs, but retry_after in seconds, as text, when the circuit is open;
 --   admission: one of the codes of baldur/stores/_decisions.py (Admission), defined before this script
-local refused, a = spend_limits()
+local refused, a = spend_limits(1, 0, '')
 if refused then return refused end
 local now = a.now
 local o = breaker_options(ARGV, 10)
@@ -25,7 +25,7 @@ local e = a.extra
 if admitted == 0 then
   if a.holds then redis.call('ZREM', KEYS[2], ARGV[5]) end
   return {CIRCUIT_OPEN, a.remaining, fmt(wait), a.next_after, a.reset_after, 0, transitions,
-          e[1], e[2], e[3], e[4], e[5], s.st, br_until(KEYS[3], s.st)}
+          e[1], e[2], e[3], e[4], e[5], e[6], e[7], e[8], s.st, br_until(KEYS[3], s.st)}
 end
 return {ADMITTED, a.remaining, 0, a.next_after, a.reset_after, trial, transitions,
-        e[1], e[2], e[3], e[4], e[5], s.st, br_until(KEYS[3], s.st)}
+        e[1], e[2], e[3], e[4], e[5], e[6], e[7], e[8], s.st, br_until(KEYS[3], s.st)}
