@@ -14,11 +14,9 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,28 +26,9 @@ from baldur.stores import redis as redis_store
 from baldur.stores._types import ExtraLimit, Plan
 from baldur.stores.memory import MemoryStore
 from baldur.stores.redis import RedisStore
-from tests.redis_server import RedisServer
+from tests.stores.conftest import FakeClock
 
 PATIENT = 2.0
-
-
-class FakeClock:
-    """Seconds as both stores read them, kept in integer µs (see test_redis_store.py)."""
-
-    def __init__(self) -> None:
-        self.us = 1_700_000_000 * MICROS
-
-    def __call__(self) -> float:
-        return self.us / MICROS
-
-
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> Iterator[str]:
-    client = redis.Redis.from_url(redis_server.url)
-    client.flushall()
-    yield redis_server.url
-    client.flushall()
-    client.close()
 
 
 class Counted:
@@ -72,7 +51,7 @@ class Counted:
 
 
 def _pair(url: str) -> tuple[FakeClock, MemoryStore, Counted]:
-    clock = FakeClock()
+    clock = FakeClock(1_700_000_000.0)
     return clock, MemoryStore(clock=clock), Counted(url, clock, f"adv-{uuid.uuid4().hex[:8]}")
 
 
@@ -138,7 +117,7 @@ def test_processes_sharing_a_client_never_admit_more_than_gcra_allows(
         redis_url: str, steps: list[tuple[int, int, int]]) -> None:
     """Three processes (three stores, each with its advances) serve one client in any order and
     at any pace, in bursts: the calls admitted, taken in time order, are all admitted by an exact GCRA."""
-    clock = FakeClock()
+    clock = FakeClock(1_700_000_000.0)
     prefix = f"adv-{uuid.uuid4().hex[:8]}"
     processes = [SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url, prefix=prefix, clock=clock,
                                           timeout=PATIENT)) for _ in range(3)]
@@ -155,7 +134,7 @@ def test_processes_sharing_a_client_never_admit_more_than_gcra_allows(
 def test_units_whose_slot_has_passed_are_never_spent(redis_url: str) -> None:
     """The attack on a naive advance: a process keeps units, the client pauses until its bucket is
     full again, then spends a whole burst through another process and the old units on top."""
-    clock = FakeClock()
+    clock = FakeClock(1_700_000_000.0)
     prefix = f"adv-{uuid.uuid4().hex[:8]}"
     first, second = (SyncOverAsync(RedisStore(redis_url, redacted_url=redis_url, prefix=prefix, clock=clock,
                                               timeout=PATIENT)) for _ in range(2))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,33 +26,11 @@ from baldur.stores.memory import MemoryStore
 from baldur.stores.redis import RedisStore, _decision
 from tests.breaker_cases import CASE_IDS, CASES, RuleCase
 from tests.redis_server import RedisServer
+from tests.stores.conftest import FakeClock
 
 #: The Redis timeout of the tests that are not about a slow Redis: on a loaded machine the store's
 #: 100 ms default is sometimes missed, and a timeout (correctly) falls back to this process's memory.
 PATIENT = 2.0
-
-
-class FakeClock:
-    """Seconds as the stores read them, kept in integer microseconds: both stores then see one instant
-    (Redis receives the microseconds; a float of seconds since the epoch would not round-trip)."""
-
-    def __init__(self, start: float = 1_000_000.0) -> None:
-        self.us = round(start * MICROS)
-
-    def __call__(self) -> float:
-        return self.us / MICROS
-
-    def advance(self, seconds: float) -> None:
-        self.us += round(seconds * MICROS)
-
-
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> Iterator[str]:
-    client = redis.Redis.from_url(redis_server.url)
-    client.flushall()
-    yield redis_server.url
-    client.flushall()
-    client.close()
 
 
 def make_pair(url: str, clock: FakeClock) -> tuple[Any, Any]:
