@@ -119,8 +119,9 @@ RESUBSCRIBE_SECONDS = 0.1
 MIRROR_MAX_BREAKERS = 10_000
 #: Keys made recently, kept so that a call does not escape and format the same names again.
 KEYS_CACHED = 4096
-#: Clients whose advance of quota this process holds, at most (all are forgotten beyond: their
-#: units are lost to them, never given to anyone else).
+#: Clients whose advance of quota this process holds, at most (the oldest advance is dropped
+#: beyond: its units are lost to its client, never given to anyone else); also the clients whose
+#: last ask this process remembers.
 ADVANCES_MAX = 4096
 #: The states whose calls the mirror admits without asking Redis.
 _MIRROR_ADMITS = frozenset({str(State.CLOSED), str(State.FORCED_CLOSED)})
@@ -297,7 +298,8 @@ class RedisStore:
         self._heard = 0
         self._generation = 0
         self._listener: Any = None  # the background task that keeps the subscription
-        self._advances: dict[str, Advance] = {}  # client key → the advance of its quota held here
+        self._advances: dict[str, Advance] = {}  # client key → the advance of its quota held here, oldest first
+        self._asked: dict[str, int] = {}  # client key → when this process last asked Redis for its quota (µs)
         _stores.add(self)
 
     def __repr__(self) -> str:
@@ -353,17 +355,26 @@ class RedisStore:
         if units > 1:
             with self._lock:
                 if len(self._advances) >= ADVANCES_MAX:
-                    self._advances.clear()
+                    del self._advances[next(iter(self._advances))]
                 self._advances[key] = Advance(limit, sent + first_slot, units, sent, stored)
 
-    def _give_back(self, key: str) -> tuple[int, Any]:
-        """The unspent units of ``key``'s advance, dropped now, and the TAT Redis must still hold
-        to take them back: the arguments of the ask that replaces it."""
-        if not self._advances:
-            return 0, ""
+    def _ask(self, key: str, limit: RateLimit, wanted: int) -> tuple[int, int, Any]:
+        """What to ask Redis for with ``key``'s next unit: the units of an advance (1: none), then
+        the unspent units of the advance it replaces, given back, and the TAT Redis must still hold
+        to take them. An advance only for a client whose calls here outpace the limit's slots (its
+        last advance here was spent to the end, or its last ask here came less than one emission
+        interval ago): its units are then spent before their slots pass, not lost."""
+        now = self._clock_us()
         with self._lock:
             advance = self._advances.pop(key, None)
-        return (0, "") if advance is None else (advance.unspent(), advance.stored)
+            last = self._asked.get(key)
+            if len(self._asked) >= ADVANCES_MAX:
+                self._asked.clear()  # (forgetting asks costs advances, never quota)
+            self._asked[key] = now
+        unspent = 0 if advance is None else advance.unspent()
+        outpaced = (last is not None and now - last < limit.interval_us) or (advance is not None and not unspent)
+        units = wanted if outpaced else 1
+        return (units, 0, "") if advance is None else (units, unspent, advance.stored)
 
     def _clock_us(self) -> int:
         """This process's clock for advances, in µs: the test clock if one is set (Redis reads it too)."""
@@ -396,7 +407,7 @@ class RedisStore:
             args += (pending, *self._breaker_options(breaker))
         elif extra is not None:
             # An advance serves only calls admitted without I/O otherwise (see admit_without_io).
-            args += (self.advance_units if not plan.needs_lock else 1, *self._give_back(extra.key))
+            args += self._ask(extra.key, extra.limit, self.advance_units if not plan.needs_lock else 1)
         else:
             args += (1, 0, "")
         heard, generation = self._heard, self._generation
@@ -474,7 +485,7 @@ class RedisStore:
         sent = self._clock_us()
         try:
             reply = await self._run("rate", [self._key(key, "r")], [
-                self._now(), limit.interval_us, limit.tolerance_us, self.advance_units, *self._give_back(key)])
+                self._now(), limit.interval_us, limit.tolerance_us, *self._ask(key, limit, self.advance_units)])
         except _RedisDown:
             return self.local.rate(key, self._share_of(limit))
         decision = _decision(reply[:5])
@@ -538,6 +549,7 @@ class RedisStore:
         with self._lock:
             self._pending.clear()
             self._advances.clear()
+            self._asked.clear()
             self._forget_mirror()
         self.local.reset()
         client = self._client()
@@ -989,6 +1001,7 @@ class RedisStore:
         self._pending = {}
         self._leases = {}
         self._advances = {}  # the parent's units are the parent's: spent here too, they would count twice
+        self._asked = {}
         self._flusher = self._prober = self._renewer = False
         self._probe_task = None
         self.down, self.down_reason, self._late = False, "", 0
