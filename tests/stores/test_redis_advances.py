@@ -119,6 +119,22 @@ def test_a_client_that_does_not_outpace_the_slots_at_a_process_gets_no_advance_t
     assert not first.async_._advances and not second.async_._advances
 
 
+def test_units_of_an_advance_are_never_given_back_at_another_limits_interval(redis_url: str) -> None:
+    """The limit of a key changes (a new ``init()``) while this process holds an advance of the old
+    one: its units are dropped, not given back, since Redis would take them back at the new limit's
+    interval and free more than they hold."""
+    _, _, shared = _pair(redis_url)
+    old, new = RateLimit("100/second", burst=40), RateLimit("10/second", burst=20)
+    for _ in range(2):
+        assert shared.sync.rate("client", old).allowed
+    assert shared.async_._advances["client"].unspent() == ADVANCE_UNITS - 1
+    admitted = sum(shared.sync.rate("client", new).allowed for _ in range(40))
+    # The old calls hold 90 ms of the TAT (1 + 8 units of 10 ms): 19 of the new limit's slots of
+    # 100 ms fit in its 1.9 s of tolerance after them. Given back at 100 ms a unit, the 7 units
+    # would free 700 ms and let all 20 through.
+    assert admitted == 19
+
+
 def _admitted_in_time_order_conform(admitted: list[int], limit: RateLimit) -> None:
     exact = MemoryStore()
     for instant in admitted:
