@@ -43,8 +43,9 @@ end
 local function gcra(key, now, interval, tolerance, want, give, expected)
   local stored = redis.call('GET', key)
   if give > 0 and stored == expected then
-    stored = string.format('%.0f', tonumber(expected) - give * interval)
-    redis.call('SET', key, stored, 'KEEPTTL')
+    local given_back = tonumber(expected) - give * interval
+    stored = string.format('%.0f', given_back)
+    redis.call('SET', key, stored, 'PX', math.ceil(math.max(given_back - now, 0) / 1000) + 1000)
   end
   local tat = tonumber(stored)
   local base = now
