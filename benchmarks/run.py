@@ -226,9 +226,9 @@ def goals(run: Run) -> str:
     server = "servers/gunicorn-sync"
     if f"{server}/bare/rps" in f:
         value = get(f"{server}/baldur-memory/ratio")
-        rows.append(["gunicorn -w 2 throughput, memory, × bare", fmt(value, 3), "≥ 0.95",
+        rows.append(["gunicorn -w 2 throughput, memory, × bare", fmt(value, 3), "≥ 0.97",
                      f"gthread {fmt(get('servers/gunicorn-gthread/baldur-memory/ratio'))}×, uvicorn "
-                     f"{fmt(get('servers/uvicorn/baldur-memory/ratio'))}×", verdict(met(value, value >= 0.95))])
+                     f"{fmt(get('servers/uvicorn/baldur-memory/ratio'))}×", verdict(met(value, value >= 0.97))])
         if f"{server}/baldur-redis-breaker/rps" in f:
             value = get(f"{server}/baldur-redis-breaker/ratio")
             rows.append(["gunicorn -w 2 throughput, quickstart on Redis (breaker only), × bare", fmt(value, 3),
