@@ -52,6 +52,9 @@ class SuspendingStore:
                          ) -> Ticket | None:
         return None  # every admission goes through ``admit``
 
+    def rate_without_io(self, key: str, limit: RateLimit) -> RateDecision | None:
+        return None  # every unit goes through ``rate``
+
     async def admit(self, plan: Plan, client: str | None = None, extra: ExtraLimit | None = None) -> Ticket:
         await asyncio.sleep(0)
         return await self.inner.admit(plan, client, extra)
