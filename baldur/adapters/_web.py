@@ -116,12 +116,7 @@ class WebCall:
         plan = protection.plan(runtime)
         lane = self._front_lane(protection)
         if lane is not None:
-            if extra is not None:
-                refusal = self._front_rated(extra, runtime.sync.rate(extra.key, extra.limit))
-                if refusal is not None:
-                    return refusal
-            self._take_lane(lane)
-            return None
+            return self._on_lane(lane, extra, None if extra is None else runtime.sync.rate(extra.key, extra.limit))
         try:
             ticket = runtime.sync.admit(plan, self.client_key() if plan.rate_limit is not None else None, extra)
         except Rejected as exc:
@@ -140,12 +135,8 @@ class WebCall:
         plan = protection.plan(runtime)
         lane = self._front_lane(protection)
         if lane is not None:
-            if extra is not None:
-                refusal = self._front_rated(extra, await runtime.async_.rate(extra.key, extra.limit))
-                if refusal is not None:
-                    return refusal
-            self._take_lane(lane)
-            return None
+            return self._on_lane(lane, extra,
+                                 None if extra is None else await runtime.async_.rate(extra.key, extra.limit))
         try:
             ticket = await runtime.async_.admit(plan, self.client_key() if plan.rate_limit is not None else None,
                                                 extra)
@@ -170,9 +161,15 @@ class WebCall:
         lane = protection.lane
         return lane if lane is not None and lane.state.state is _CLOSED else None
 
-    def _take_lane(self, lane: Lane) -> None:
+    def _on_lane(self, lane: Lane, extra: ExtraLimit | None, decision: RateDecision | None) -> Rejected | None:
+        """Admit the view on ``lane`` once the per-client limit (``extra``, decided) allowed it."""
+        if extra is not None and decision is not None:
+            refusal = self._front_rated(extra, decision)
+            if refusal is not None:
+                return refusal
         self.lane = lane
         next(lane.entered)
+        return None
 
     def _front_refused(self, exc: Rejected, extra: ExtraLimit | None, has_fallback: bool) -> Rejected | None:
         _metrics.rejected(exc)

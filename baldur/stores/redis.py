@@ -371,8 +371,9 @@ class RedisStore:
             if len(self._asked) >= ADVANCES_MAX:
                 self._asked.clear()  # (forgetting asks costs advances, never quota)
             self._asked[key] = now
-        # (units of another limit are not given back: Redis takes them back at this limit's interval)
-        unspent = 0 if advance is None or advance.limit != limit else advance.unspent()
+        if advance is not None and advance.limit != limit:
+            advance = None  # another limit's units: Redis would take them back at this limit's interval
+        unspent = 0 if advance is None else advance.unspent()
         outpaced = (last is not None and now - last < limit.interval_us) or (advance is not None and not unspent)
         units = wanted if outpaced else 1
         return (units, 0, "") if advance is None else (units, unspent, advance.stored)
