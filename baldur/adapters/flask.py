@@ -104,10 +104,9 @@ class _Request(WebCall):
     #: The view's body is produced while it is sent (a generator): settle after sending.
     streamed = False
 
-    def __init__(self, app: Flask, options: _Options, method: str) -> None:
-        self.app = app
-        self.options = options
-        self.method = method
+    # Set on each app's own subclass (``_Middleware``): a request is made with no ``__init__`` to run.
+    app: Flask
+    options: _Options
 
     def returned(self, result: Any) -> None:
         response = result[0] if type(result) is tuple and result else result
@@ -217,12 +216,10 @@ def init_flask(
     app.extensions[_EXTENSION] = options
     _web.install()
     app.wsgi_app = _Middleware(app, app.wsgi_app, options)  # type: ignore[method-assign]
-    # Before all request hooks, the app's own (registered before or after this call); wrapping
-    # Flask's step rather than adding a hook spares every request Flask's per-hook checks.
-    app.preprocess_request = _admitting_first(app.preprocess_request, options)  # type: ignore[method-assign]
-    if options.idempotency != "off":
-        # After every before_request hook (the app's auth), as the view is dispatched.
-        app.dispatch_request = _dispatching(app.dispatch_request, options)  # type: ignore[method-assign]
+    # Before all request hooks, the app's own (registered before or after this call), and
+    # idempotency after them all: wrapping Flask's one step that runs them, rather than adding
+    # hooks, spares every request Flask's per-hook checks.
+    app.preprocess_request = _preprocessing(app.preprocess_request, options)  # type: ignore[method-assign]
     for error in (Rejected, CallTimeout, StoreUnavailable, IdempotencyMismatch):
         app.register_error_handler(error, _answer_error)
     if admin is not None:
@@ -250,6 +247,7 @@ class _Middleware:
         self.any_exempt: bool | None = None
         #: ``app.config``'s Baldur keys as ``init_flask`` read them, until the first request compares.
         self.config_at_init: dict[str, Any] | None = _baldur_config(app)
+        self.request_type = type("_Request", (_Request,), {"app": app, "options": options})
 
     def priority(self, environ: dict[str, Any]) -> Priority:
         if self.prioritised is None:
@@ -286,7 +284,7 @@ class _Middleware:
                 if not runs and not self.exempt_route(environ):
                     _log.emit("backpressure.shed", "queue", waited_ms=round(waited * 1000))
                     return _shed(environ, start_response, retry_after)
-        state = _Request(self.app, options, environ.get("REQUEST_METHOD", ""))
+        state = self.request_type()
         if options.in_flight.enter(state, priority):
             state.in_flight = True
             state.admitted_at = time.monotonic()
@@ -451,39 +449,51 @@ def _exempt_route(app: Flask, options: _Options, environ: dict[str, Any]) -> boo
     return _is_exempt(options, str(endpoint), app.view_functions.get(str(endpoint)), lambda: blueprints)
 
 
-def _admitting_first(preprocess: Callable[[], Any], options: _Options) -> Callable[[], Any]:
-    """``app.preprocess_request``, admitting the request before any of the app's hooks."""
+def _preprocessing(preprocess: Callable[[], Any], options: _Options) -> Callable[[], Any]:
+    """``app.preprocess_request``: the request is admitted before any of the app's hooks run,
+    and its Idempotency-Key claimed after they all have (Flask dispatches the view next)."""
+    routes = options.routes
+    idempotent = IDEMPOTENT_METHODS if options.idempotency != "off" else ()
+    current = cast(Any, request)._get_current_object
 
     @functools.wraps(preprocess)
     def preprocess_request() -> Any:
-        answer = _admit_first(options)
-        return preprocess() if answer is None else answer
+        req: Request = current()
+        state: _Request | None = req.environ.get(_STATE)
+        rule = req.url_rule
+        if state is None or rule is None:  # the WSGI layer was bypassed, or no route matched
+            return preprocess()
+        method = req.method
+        route = routes.get(rule.endpoint)
+        if route is None:
+            route = routes[rule.endpoint] = _route(state.app, options, req)
+        if route is not _NOTHING_TO_ADMIT and not (
+                method == "OPTIONS" and getattr(rule, "provide_automatic_options", False)):
+            # (an OPTIONS that Flask answers itself, a CORS preflight, never reaches a view)
+            answer = _admit_first(state, route, options)
+            if answer is not None:
+                return answer
+        answer = preprocess()
+        if answer is None and method in idempotent:
+            return _idempotency_begin(options)
+        return answer
 
     return preprocess_request
 
 
-def _admit_first(options: _Options) -> Response | None:
+#: The route of a view that is neither protected nor under the per-client limit.
+_NOTHING_TO_ADMIT: tuple[Protection | None, bool] = (None, False)
+
+
+def _admit_first(state: _Request, route: tuple[Protection | None, bool], options: _Options) -> Response | None:
     """Before every request hook: the per-client rate limit and, for a protected view,
     its admission, in one store step, before the app's hooks and any decorator around the
-    view can answer. Unmatched routes spend nothing."""
-    req: Request = request._get_current_object()  # type: ignore[attr-defined]
-    state: _Request | None = req.environ.get(_STATE)
-    rule = req.url_rule
-    if state is None or rule is None:  # the WSGI layer was bypassed, or no route matched
-        return None
-    if req.method == "OPTIONS" and getattr(rule, "provide_automatic_options", False):
-        return None  # answered by Flask itself (a CORS preflight), never by a view
-    endpoint = req.endpoint
-    route = options.routes.get(endpoint)
-    if route is None:
-        route = options.routes[endpoint] = _route(state.app, options, req)
+    view can answer."""
     protection, limited = route
     extra = None
     if limited:
         assert options.per_client_limit is not None
         extra = ExtraLimit("default", f"web:{state.client_key()}", options.per_client_limit)
-    elif protection is None:
-        return None
     has_fallback = protection is not None and protection.options.fallback is not None
     refusal = state.admit_front(protection, extra, has_fallback)
     return None if refusal is None else _answer_error(refusal)
@@ -498,7 +508,9 @@ def _route(app: Flask, options: _Options, req: Request) -> tuple[Protection | No
     view = app.view_functions.get(endpoint) if endpoint is not None else None
     protection = getattr(view, "__baldur__", None)
     limited = options.per_client_limit is not None and not _is_exempt(options, endpoint, view, lambda: req.blueprints)
-    return (protection if isinstance(protection, Protection) else None), limited
+    if not isinstance(protection, Protection):
+        return (None, True) if limited else _NOTHING_TO_ADMIT
+    return protection, limited
 
 
 def _check_views(app: Flask, options: _Options) -> None:
@@ -532,20 +544,6 @@ def unwired_refusal(protection: Protection, exc: Rejected) -> Exception | None:
                             "call baldur.adapters.flask.init_flask(app) so that refusals become their HTTP "
                             "answers with their headers", request.endpoint, type(exc).__name__)
     return HTTPException(response=_respond(problem(exc, request.path)))
-
-
-def _dispatching(dispatch: Callable[[], Any], options: _Options) -> Callable[[], Any]:
-    """``app.dispatch_request``, idempotent: called after every before_request hook."""
-
-    @functools.wraps(dispatch)
-    def dispatch_request() -> Any:
-        state = web_call.get()  # (cheaper than the request proxy, on every request)
-        if state is None or cast(_Request, state).method not in IDEMPOTENT_METHODS:
-            return dispatch()
-        answer = _idempotency_begin(options)
-        return dispatch() if answer is None else answer
-
-    return dispatch_request
 
 
 def _idempotency_begin(options: _Options) -> Response | None:
