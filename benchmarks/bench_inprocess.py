@@ -119,26 +119,14 @@ DJANGO = [
 
 # -- the worker (a child process) ---------------------------------------------------
 
-def _worker() -> int:
-    # stdout is the channel to the parent: Baldur's log lines go to stderr (the worker's log).
-    logging.getLogger("baldur").addHandler(logging.StreamHandler(sys.stderr))
-    import os
-
+def requester(wsgi: Callable[..., Iterable[bytes]], statuses: dict[str, int]) -> Callable[[], bytes]:
+    """One ``GET /demo`` through ``wsgi`` per call, as a WSGI server makes it: a fresh copy of
+    one environ, the body iterated, the returned iterable closed; ``statuses`` counts the answers."""
     from werkzeug.test import EnvironBuilder
 
-    wsgi: Callable[..., Iterable[bytes]]
-    if "BENCH_DJANGO" in os.environ:
-        import bench_django
-
-        wsgi = bench_django.application  # Django's WSGI handler: request, middleware, view, response
-    else:
-        import bench_apps
-
-        wsgi = bench_apps.app.wsgi_app
     builder = EnvironBuilder(path="/demo", method="GET", environ_base={"REMOTE_ADDR": "127.0.0.1"})
     template = builder.get_environ()
     builder.close()
-    statuses: dict[str, int] = {}
 
     def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[..., Any]:
         code = status[:3]
@@ -155,6 +143,26 @@ def _worker() -> int:
             close = getattr(body, "close", None)
             if close is not None:
                 close()
+
+    return one
+
+
+def _worker() -> int:
+    # stdout is the channel to the parent: Baldur's log lines go to stderr (the worker's log).
+    logging.getLogger("baldur").addHandler(logging.StreamHandler(sys.stderr))
+    import os
+
+    wsgi: Callable[..., Iterable[bytes]]
+    if "BENCH_DJANGO" in os.environ:
+        import bench_django
+
+        wsgi = bench_django.application  # Django's WSGI handler: request, middleware, view, response
+    else:
+        import bench_apps
+
+        wsgi = bench_apps.app.wsgi_app
+    statuses: dict[str, int] = {}
+    one = requester(wsgi, statuses)
 
     def timing(number: int) -> tuple[float, int]:
         number = min(number, MAX_REQUESTS)
