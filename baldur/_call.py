@@ -45,7 +45,7 @@ class Call:
         self.protection = protection
         self.runtime = runtime
         self.plan = protection.plan(runtime)
-        web = _web.web_call.get() if may_be_view and _web.hooks_installed else None
+        web = _web.current() if may_be_view and _web.hooks_installed else None
         #: The web request this call serves as its view (the adapter records the outcome).
         self.web = web if web is not None and not web.entered and (
             web.front is protection or web.is_view(protection)) else None

@@ -29,7 +29,7 @@ _CLOSED = State.CLOSED
 
 
 def _lane_or_call(protection: Protection) -> Lane | Call | _web.WebCall:
-    web = _web.web_call.get() if _web.hooks_installed else None
+    web = _web.current() if _web.hooks_installed else None
     if web is not None and web.stands_in_for(protection):  # the request's view, admitted at the front
         return web
     lane = protection.lane

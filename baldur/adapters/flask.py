@@ -26,7 +26,6 @@ import inspect
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextvars import Token
 from http import HTTPStatus
 from typing import Any, cast
 
@@ -58,7 +57,7 @@ from baldur.adapters._replay import (
 )
 from baldur.adapters._shedding import _InFlight, _QueueShedder
 from baldur.adapters._web import EXEMPT as _EXEMPT
-from baldur.adapters._web import PROTECTED_BY, WebCall, web_call
+from baldur.adapters._web import PROTECTED_BY, WebCall
 from baldur.errors import (
     BaldurError,
     CallTimeout,
@@ -98,7 +97,6 @@ class _Request(WebCall):
     client = ""
     #: The Idempotency-Key this request claimed, until its response is stored (or not).
     idempotency_claim: Claim | None = None
-    token: Token[WebCall | None] | None = None
     status = 0
     settled = False
     #: The view's body is produced while it is sent (a generator): settle after sending.
@@ -214,7 +212,7 @@ def init_flask(
     options = _Options(app, runtime, rate_limit, max_concurrency, key_func, trust_proxy, idempotency,
                        exempt, identity)
     app.extensions[_EXTENSION] = options
-    _web.install()
+    _web.install(_request_call)
     app.wsgi_app = _Middleware(app, app.wsgi_app, options)  # type: ignore[method-assign]
     # Before all request hooks, the app's own (registered before or after this call), and
     # idempotency after them all: wrapping Flask's one step that runs them, rather than adding
@@ -292,7 +290,6 @@ class _Middleware:
             _log.emit("backpressure.shed", "in_flight", limit=options.process_ceiling)
             return _shed(environ, start_response, options.in_flight.retry_after())
         environ[_STATE] = state
-        state.token = web_call.set(state)
 
         def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             state.status = int(status[:3])
@@ -382,11 +379,6 @@ def _settle(state: _Request, options: _Options) -> None:
         if state.ticket is not None or state.lane is not None:
             state.record(_outcome(state))
     finally:
-        if state.token is not None:
-            try:
-                web_call.reset(state.token)
-            except ValueError:  # settled in another context than the one it was set in
-                web_call.set(None)
         if state.in_flight:
             options.in_flight.leave(state, time.monotonic() - state.admitted_at)
 
@@ -449,16 +441,23 @@ def _exempt_route(app: Flask, options: _Options, environ: dict[str, Any]) -> boo
     return _is_exempt(options, str(endpoint), app.view_functions.get(str(endpoint)), lambda: blueprints)
 
 
+_current_request = cast(Any, request)._get_current_object
+
+
+def _request_call() -> WebCall | None:
+    """The ``WebCall`` of the Flask request in progress (``_web.current`` asks): kept in its
+    environ, which Flask's request context holds, so no context variable is set per request."""
+    return _current_request().environ.get(_STATE) if has_request_context() else None
+
+
 def _preprocessing(preprocess: Callable[[], Any], options: _Options) -> Callable[[], Any]:
     """``app.preprocess_request``: the request is admitted before any of the app's hooks run,
     and its Idempotency-Key claimed after they all have (Flask dispatches the view next)."""
     routes = options.routes
     idempotent = IDEMPOTENT_METHODS if options.idempotency != "off" else ()
-    current = cast(Any, request)._get_current_object
-
     @functools.wraps(preprocess)
     def preprocess_request() -> Any:
-        req: Request = current()
+        req: Request = _current_request()
         state: _Request | None = req.environ.get(_STATE)
         rule = req.url_rule
         if state is None or rule is None:  # the WSGI layer was bypassed, or no route matched

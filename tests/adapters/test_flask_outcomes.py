@@ -391,3 +391,33 @@ def test_a_slow_success_of_a_view_counts_as_a_failure(kind: str) -> None:
     app = _app_with(kind, view, breaker=slow)
     assert _statuses(app, 3) == [200, 200, 503]
     assert baldur.breaker("v").state == "open"
+
+
+# -- finding the request's WebCall ---------------------------------------------------
+
+@pytest.mark.parametrize("django_first", [True, False], ids=["django-first", "flask-first"])
+def test_each_adapter_finds_its_own_request_when_both_are_installed(django_first: bool,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process that serves a Flask app beside Django's adapter: the Flask request's WebCall is
+    found in its environ, the Django one's in the context variable, whichever was installed first."""
+    from baldur.adapters import _web
+
+    monkeypatch.setattr(_web, "_finders", [])
+    monkeypatch.setattr(_web, "current", _web.current)
+    if django_first:
+        _web.install()  # Django's adapter: the web_call context variable
+    seen: list[object] = []
+    app = _app_with("sync", lambda: seen.append(_web.current()) or "ok")
+    if not django_first:
+        _web.install()
+    assert len(_web._finders) == 2
+    assert _statuses(app, 2) == [200, 200]
+    assert len(seen) == 2 and all(type(call).__name__ == "_Request" for call in seen)
+    assert seen[0] is not seen[1]  # each request its own
+    assert _web.current() is None  # outside any request
+    other = _web.WebCall()
+    token = _web.web_call.set(other)
+    try:
+        assert _web.current() is other
+    finally:
+        _web.web_call.reset(token)
