@@ -261,10 +261,11 @@ class WebCall:
         the lane, or the ticket of its admission (then the next request may take the lane)."""
         lane = self.lane
         if lane is not None:
-            lane.protection.meter.settled(outcome, self.error)
             if outcome is _SUCCESS:
-                lane.succeed(lane.state)
-            elif outcome is _FAILURE:
+                lane.succeeded(None)  # as any call on the lane: one counter step each
+                return
+            lane.protection.meter.settled(outcome, self.error)
+            if outcome is _FAILURE:
                 lane.protection.lane_finished(outcome)
             return
         ticket = self.ticket
