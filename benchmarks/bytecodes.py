@@ -3,6 +3,7 @@ every run and every machine, where a timing moves with the machine's load.
 
     .venv/bin/python benchmarks/bytecodes.py                      # the quickstart against bare Flask
     .venv/bin/python benchmarks/bytecodes.py quickstart-limit     # any of VARIANTS
+    .venv/bin/python benchmarks/bytecodes.py django               # Django's against bare Django
 
 Each variant, and bare Flask, runs in a process of its own (Baldur's runtime is one per
 process), serves 200 requests to warm up (routes looked up, the breaker's fast lane taken),
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,14 +33,24 @@ if __package__ in (None, ""):
 from bench_common import PYTHON, child_env, table
 from bench_inprocess import LIMIT
 
-#: What each variant sets in its process's environment (``bench_apps.BUILDERS`` reads ``BENCH_APP``).
+#: What each variant sets in its process's environment (``bench_apps.BUILDERS`` reads ``BENCH_APP``,
+#: ``bench_django`` ``BENCH_DJANGO``).
 VARIANTS: dict[str, dict[str, str]] = {
     "bare": {"BENCH_APP": "bare"},
     "quickstart": {"BENCH_APP": "quickstart"},
     "quickstart-limit": {"BENCH_APP": "quickstart", "BALDUR_RATE_LIMIT": LIMIT},
     "view-limit": {"BENCH_APP": "view_limit"},
     "pybreaker": {"BENCH_APP": "pybreaker"},
+    "django-bare": {"BENCH_DJANGO": "bare"},
+    "django": {"BENCH_DJANGO": "baldur"},
+    "django-limit": {"BENCH_DJANGO": "baldur", "BALDUR_RATE_LIMIT": LIMIT},
 }
+#: The baselines: a Django variant is compared with bare Django, the others with bare Flask.
+BASELINES = ("bare", "django-bare")
+
+
+def baseline(variant: str) -> str:
+    return "django-bare" if variant.startswith("django") else "bare"
 WARMUP_REQUESTS = 200
 #: Functions listed per variant, the largest additions first.
 TOP = 30
@@ -46,11 +58,18 @@ TOP = 30
 
 def _count() -> dict[str, list[int]]:
     """In this process: one traced request; per function (file:name), [instructions, calls]."""
-    import bench_apps
     from bench_inprocess import requester
 
+    if "BENCH_DJANGO" in os.environ:
+        import bench_django
+
+        wsgi = bench_django.application
+    else:
+        import bench_apps
+
+        wsgi = bench_apps.app.wsgi_app
     statuses: dict[str, int] = {}
-    one = requester(bench_apps.app.wsgi_app, statuses)
+    one = requester(wsgi, statuses)
     for _ in range(WARMUP_REQUESTS):
         one()
     counts: collections.defaultdict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
@@ -87,21 +106,22 @@ def measure(variant: str) -> dict[str, list[int]]:
 
 
 def report(chosen: list[str]) -> str:
-    bare = measure("bare")
-    bare_total = sum(instructions for instructions, _ in bare.values())
-    measured = {variant: measure(variant) for variant in chosen}
-    rows = [["bare", str(bare_total), str(sum(calls for _, calls in bare.values())), "–", "1.000"]]
-    for variant, counts in measured.items():
-        total = sum(instructions for instructions, _ in counts.values())
-        rows.append([variant, str(total), str(sum(calls for _, calls in counts.values())),
-                     f"+{total - bare_total}", f"{total / bare_total:.3f}"])
-    parts = [table(["variant", "instructions per request", "Python calls", "added", "× bare"], rows,
+    measured = {variant: measure(variant) for variant in dict.fromkeys([*map(baseline, chosen), *chosen])}
+    totals = {variant: (sum(i for i, _ in counts.values()), sum(c for _, c in counts.values()))
+              for variant, counts in measured.items()}
+    rows = []
+    for variant, (total, calls) in totals.items():
+        base = totals[baseline(variant)][0]
+        rows.append([variant, str(total), str(calls), "–" if variant in BASELINES else f"+{total - base}",
+                     f"{total / base:.3f}"])
+    parts = [table(["variant", "instructions per request", "Python calls", "added", "× its bare baseline"], rows,
                    ["l", "r", "r", "r", "r"])]
-    for variant, counts in measured.items():
+    for variant in chosen:
+        counts, bare = measured[variant], measured[baseline(variant)]
         added = sorted(((counts.get(name, [0, 0])[0] - bare.get(name, [0, 0])[0], name)
                         for name in set(counts) | set(bare)), reverse=True)
         lines = [[name, f"{delta:+d}", str(counts.get(name, [0, 0])[1])] for delta, name in added[:TOP] if delta]
-        parts.append(f"\n{variant}: the functions whose instructions differ from bare Flask's\n\n"
+        parts.append(f"\n{variant}: the functions whose instructions differ from {baseline(variant)}'s\n\n"
                      + table(["function", "instructions added", "calls"], lines, ["l", "r", "r"]))
     return "\n".join(parts)
 
@@ -111,10 +131,10 @@ def main(argv: list[str]) -> int:
         print(json.dumps(_count()))
         return 0
     chosen = argv or ["quickstart"]
-    unknown = [name for name in chosen if name not in VARIANTS or name == "bare"]
+    unknown = [name for name in chosen if name not in VARIANTS or name in BASELINES]
     if unknown:
-        print(f"unknown variant {', '.join(unknown)}: choose from {', '.join(v for v in VARIANTS if v != 'bare')}",
-              file=sys.stderr)
+        print(f"unknown variant {', '.join(unknown)}: choose from "
+              f"{', '.join(v for v in VARIANTS if v not in BASELINES)}", file=sys.stderr)
         return 2
     print(report(chosen))
     return 0
