@@ -75,12 +75,13 @@ def _count() -> dict[str, list[int]]:
     counts: collections.defaultdict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
 
     def trace(frame: FrameType, event: str, arg: Any) -> Any:
+        # (set on every event, not only at "call": Python 3.12+ may not honour it set there alone)
+        frame.f_trace_opcodes = True
         code = frame.f_code
         entry = counts[f"{Path(code.co_filename).name}:{code.co_qualname}"]
         if event == "opcode":
             entry[0] += 1
         elif event == "call":
-            frame.f_trace_opcodes = True
             entry[1] += 1
         return trace
 

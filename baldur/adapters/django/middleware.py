@@ -83,8 +83,10 @@ _IGNORED = Outcome.IGNORED
 _ANSWERED = (Rejected, CallTimeout, StoreUnavailable, IdempotencyMismatch)
 _logger = logging.getLogger("baldur.django")
 _idempotency_logger = logging.getLogger("baldur.idempotency")
-#: A route: (the view's protection, whether the per-client limit applies).
-_Route = tuple[Protection | None, bool]
+_Admission = tuple[Protection | None, ExtraLimit | None, bool]
+#: A route: (the view's protection, whether the per-client limit applies, and, where it does not,
+#: the view's admission at the front, worked out once: ``None`` when there is nothing to admit).
+_Route = tuple[Protection | None, bool, _Admission | None]
 
 
 class _Request(WebCall):
@@ -206,7 +208,8 @@ class BaldurMiddleware:
             state.status = 500
             _settle(state)
             raise
-        _store(state, response)
+        if state.idempotency_claim is not None:
+            _store(state, response)
         return self._leaving(state, response)
 
     async def __acall__(self, request: HttpRequest) -> Any:
@@ -248,7 +251,7 @@ class BaldurMiddleware:
     # -- (2) admission, (3) idempotency ---------------------------------------
 
     def process_view(self, request: HttpRequest, view: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-        state = cast(_Request | None, getattr(request, _STATE, None))
+        state: _Request | None = getattr(request, _STATE, None)
         if state is None:
             return None
         admission = self._admission(request, state, view)
@@ -264,7 +267,7 @@ class BaldurMiddleware:
 
     async def _process_view_async(self, request: HttpRequest, view: Callable[..., Any], args: Any,
                                   kwargs: Any) -> Any:
-        state = cast(_Request | None, getattr(request, _STATE, None))
+        state: _Request | None = getattr(request, _STATE, None)
         if state is None:
             return None
         admission = self._admission(request, state, view)
@@ -280,25 +283,34 @@ class BaldurMiddleware:
                 return begun
         return None
 
-    def _admission(self, request: HttpRequest, state: _Request,
-                   view: Callable[..., Any]) -> tuple[Protection | None, ExtraLimit | None, bool] | None:
+    def _admission(self, request: HttpRequest, state: _Request, view: Callable[..., Any]) -> _Admission | None:
         """What to admit at the front for ``view``: (its protection, the per-client limit, whether
         its fallback answers its own refusals), or ``None`` when there is nothing to admit."""
         options = self.options
-        view_class = getattr(view, "view_class", None)
-        key: object = view if view_class is None else (view, _handler_name(view_class, state.method))
-        route = options.routes.get(key)
+        route = options.routes.get(view)
         if route is None:
-            route = options.routes[key] = self._route(request, view, view_class, state.method)
-        protection, limited = route
+            route = self._route_of(request, state, view)
+        protection, limited, admission = route
         state.view = protection
-        extra = None
-        if limited:
-            assert options.per_client_limit is not None
-            extra = ExtraLimit("default", f"web:{state.client_key()}", options.per_client_limit)
-        elif protection is None:
-            return None
+        if not limited:
+            return admission
+        assert options.per_client_limit is not None
+        extra = ExtraLimit("default", f"web:{state.client_key()}", options.per_client_limit)
         return protection, extra, protection is not None and protection.options.fallback is not None
+
+    def _route_of(self, request: HttpRequest, state: _Request, view: Callable[..., Any]) -> _Route:
+        """The route of ``view``, worked out once: a function view's kept by the view, a class-based
+        view's by (view, the method's handler), so that looking one up by the view alone misses."""
+        routes = self.options.routes
+        view_class = getattr(view, "view_class", None)
+        if view_class is None:
+            route = routes[view] = self._route(request, view, None, state.method)
+            return route
+        key = (view, _handler_name(view_class, state.method))
+        known = routes.get(key)
+        if known is None:
+            known = routes[key] = self._route(request, view, view_class, state.method)
+        return known
 
     def _route(self, request: HttpRequest, view: Callable[..., Any], view_class: type | None, method: str) -> _Route:
         handler: object = view
@@ -306,18 +318,20 @@ class BaldurMiddleware:
             name = _handler_name(view_class, method)
             handler = getattr(view_class, name, None) if name else None
             if handler is View.options:
-                return None, False  # answered by Django itself (a CORS preflight), never by a view
+                return None, False, None  # answered by Django itself (a CORS preflight), never by a view
         protection = getattr(handler, "__baldur__", None)
         match = request.resolver_match
         exempt = bool(getattr(view, EXEMPT, False) or getattr(view_class, EXEMPT, False)) or (
             match is not None and _named_exempt(self.options.exempt, match.url_name, match.view_name,
                                                 match.namespaces))
         limited = self.options.per_client_limit is not None and not exempt
-        return (protection if isinstance(protection, Protection) else None), limited
+        if not isinstance(protection, Protection):
+            return None, limited, None
+        return protection, limited, (protection, None, protection.options.fallback is not None)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         """A Baldur error raised by the view (a refusal inside it, a timeout): its HTTP answer."""
-        state = cast(_Request | None, getattr(request, _STATE, None))
+        state: _Request | None = getattr(request, _STATE, None)
         if state is None or not isinstance(exception, _ANSWERED):
             return None
         return _answer(state, exception)
