@@ -96,6 +96,10 @@ class WebCall:
     def returned(self, result: Any) -> None:
         """The view returned ``result`` (adapters look at it, e.g. for a streamed body)."""
 
+    def per_client(self, limit: RateLimit) -> ExtraLimit:
+        """The adapter's per-client ``limit``, spent by this request's client (``default`` in the headers)."""
+        return ExtraLimit("default", f"web:{self.client_key()}", limit)
+
     # -- what the view's call tells it ---------------------------------------
 
     def add_policy(self, name: str, limit: RateLimit, decision: RateDecision) -> None:
@@ -106,8 +110,7 @@ class WebCall:
         self.entered = True
         return self.client_key() if plan.rate_limit is not None else None
 
-    def admit_front(self, protection: Protection | None, extra: ExtraLimit | None,
-                    has_fallback: bool) -> Rejected | None:
+    def admit_front(self, protection: Protection | None, extra: ExtraLimit | None) -> Rejected | None:
         """Admit the request before anything of the app runs: ``extra`` (the adapter's
         per-client limit) and the view's ``protection``, in one store step. Returns the
         refusal the adapter must answer now, or ``None`` (admitted, or refused with a
@@ -124,12 +127,11 @@ class WebCall:
         try:
             ticket = runtime.sync.admit(plan, self.client_key() if plan.rate_limit is not None else None, extra)
         except Rejected as exc:
-            return self._front_refused(exc, extra, has_fallback)
+            return self._front_refused(exc, protection, extra)
         self._front_admitted(ticket, plan, extra)
         return None
 
-    async def admit_front_async(self, protection: Protection | None, extra: ExtraLimit | None,
-                                has_fallback: bool) -> Rejected | None:
+    async def admit_front_async(self, protection: Protection | None, extra: ExtraLimit | None) -> Rejected | None:
         """``admit_front`` for an adapter on an event loop: the store's async face."""
         runtime = _runtime._current or _runtime.current()
         if protection is None:
@@ -145,7 +147,7 @@ class WebCall:
             ticket = await runtime.async_.admit(plan, self.client_key() if plan.rate_limit is not None else None,
                                                 extra)
         except Rejected as exc:
-            return self._front_refused(exc, extra, has_fallback)
+            return self._front_refused(exc, protection, extra)
         self._front_admitted(ticket, plan, extra)
         return None
 
@@ -175,13 +177,13 @@ class WebCall:
         next(lane.entered)
         return None
 
-    def _front_refused(self, exc: Rejected, extra: ExtraLimit | None, has_fallback: bool) -> Rejected | None:
+    def _front_refused(self, exc: Rejected, protection: Protection, extra: ExtraLimit | None) -> Rejected | None:
         _metrics.rejected(exc)
         self.rejected = True
         if exc.extra_rate is not None and extra is not None:
             self.add_policy(extra.policy, extra.limit, exc.extra_rate)
         by_adapter = extra is not None and isinstance(exc, RateLimited) and exc.limit is extra.limit
-        if has_fallback and not by_adapter:
+        if protection.options.fallback is not None and not by_adapter:  # the fallback answers in the view
             self.deferred = exc
             return None
         return exc

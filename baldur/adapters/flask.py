@@ -72,7 +72,6 @@ from baldur.policies.breaker import Outcome
 from baldur.policies.idempotency import Verdict
 from baldur.policies.rate_limit import RateDecision, RateLimit
 from baldur.policies.shedding import Priority
-from baldur.stores._types import ExtraLimit
 
 __all__ = ["init_flask"]
 
@@ -455,6 +454,7 @@ def _preprocessing(preprocess: Callable[[], Any], options: _Options) -> Callable
     and its Idempotency-Key claimed after they all have (Flask dispatches the view next)."""
     routes = options.routes
     idempotent = IDEMPOTENT_METHODS if options.idempotency != "off" else ()
+
     @functools.wraps(preprocess)
     def preprocess_request() -> Any:
         req: Request = _current_request()
@@ -492,9 +492,8 @@ def _admit_first(state: _Request, route: tuple[Protection | None, bool], options
     extra = None
     if limited:
         assert options.per_client_limit is not None
-        extra = ExtraLimit("default", f"web:{state.client_key()}", options.per_client_limit)
-    has_fallback = protection is not None and protection.options.fallback is not None
-    refusal = state.admit_front(protection, extra, has_fallback)
+        extra = state.per_client(options.per_client_limit)
+    refusal = state.admit_front(protection, extra)
     return None if refusal is None else _answer_error(refusal)
 
 

@@ -83,7 +83,7 @@ _IGNORED = Outcome.IGNORED
 _ANSWERED = (Rejected, CallTimeout, StoreUnavailable, IdempotencyMismatch)
 _logger = logging.getLogger("baldur.django")
 _idempotency_logger = logging.getLogger("baldur.idempotency")
-_Admission = tuple[Protection | None, ExtraLimit | None, bool]
+_Admission = tuple[Protection | None, ExtraLimit | None]
 #: A route: (the view's protection, whether the per-client limit applies, and, where it does not,
 #: the view's admission at the front, worked out once: ``None`` when there is nothing to admit).
 _Route = tuple[Protection | None, bool, _Admission | None]
@@ -284,8 +284,8 @@ class BaldurMiddleware:
         return None
 
     def _admission(self, request: HttpRequest, state: _Request, view: Callable[..., Any]) -> _Admission | None:
-        """What to admit at the front for ``view``: (its protection, the per-client limit, whether
-        its fallback answers its own refusals), or ``None`` when there is nothing to admit."""
+        """What to admit at the front for ``view``: (its protection, the per-client limit), or
+        ``None`` when there is nothing to admit."""
         options = self.options
         route = options.routes.get(view)
         if route is None:
@@ -295,8 +295,7 @@ class BaldurMiddleware:
         if not limited:
             return admission
         assert options.per_client_limit is not None
-        extra = ExtraLimit("default", f"web:{state.client_key()}", options.per_client_limit)
-        return protection, extra, protection is not None and protection.options.fallback is not None
+        return protection, state.per_client(options.per_client_limit)
 
     def _route_of(self, request: HttpRequest, state: _Request, view: Callable[..., Any]) -> _Route:
         """The route of ``view``, worked out once: a function view's kept by the view, a class-based
@@ -327,7 +326,7 @@ class BaldurMiddleware:
         limited = self.options.per_client_limit is not None and not exempt
         if not isinstance(protection, Protection):
             return None, limited, None
-        return protection, limited, (protection, None, protection.options.fallback is not None)
+        return protection, limited, (protection, None)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         """A Baldur error raised by the view (a refusal inside it, a timeout): its HTTP answer."""
