@@ -16,7 +16,9 @@ Two signals, used when the server lets Baldur see them:
   latency)`` plus a little headroom, so it shrinks only when requests take
   longer than ``tolerance`` times their usual time, and grows back when they
   do not. A steady app, however slow its views, keeps a limit far above what
-  it uses and never sheds.
+  it uses and never sheds. As in Netflix's ``WindowedLimit``, the latencies
+  of a window of requests are averaged into one sample: every request adds
+  its latency, and only the last of a window does the arithmetic.
 
 Priorities: a *critical* request is shed only by the explicit ceilings, a
 *sheddable* one past ``interval`` even without a standing queue, past half
@@ -38,6 +40,11 @@ class Priority(Enum):
     CRITICAL = "critical"
     NORMAL = "normal"
     SHEDDABLE = "sheddable"
+
+
+def _compounded(weight: float, count: int) -> float:
+    """The weight of ``count`` equal samples in an exponential average that gives one sample ``weight``."""
+    return 1.0 - (1.0 - weight) ** count
 
 
 def parse_priority(value: object, setting: str = "priority") -> Priority:
@@ -130,29 +137,47 @@ class AdaptiveLimit:
     min_limit: float = 8.0
     max_limit: float = 1000.0
     tolerance: float = 2.0
-    #: Smoothing factors of the recent and the long-term latency averages.
+    #: Smoothing factors of the recent and the long-term latency averages, per request.
     short_weight: float = 0.1
     long_weight: float = 0.01
     short_latency: float = 0.0
     long_latency: float = 0.0
+    #: Requests observed so far (in whole windows).
     samples: int = 0
-    #: Observations before the limit may move: the averages must mean something first.
+    #: Requests before the limit may move: the averages must mean something first.
     warmup: int = 20
+    #: Requests averaged into one sample: the averages and the limit move once per window.
+    window: int = 10
+    window_total: float = 0.0
+    window_count: int = 0
 
     def observe(self, latency: float, in_flight: int) -> None:
-        """Record one finished request's latency, taken with ``in_flight`` requests running."""
-        if not 0.0 <= latency < math.inf:  # (a NaN fails this too)
+        """Record one finished request's latency, taken with ``in_flight`` requests running.
+
+        Every request asks (kept lean): the window's last request moves the averages."""
+        self.window_total += latency
+        self.window_count += 1
+        if self.window_count >= self.window:
+            self._sample(in_flight)
+
+    def _sample(self, in_flight: int) -> None:
+        """The window's mean latency moves the averages as that many requests of it would, one by one."""
+        count, total = self.window_count, self.window_total
+        self.window_count, self.window_total = 0, 0.0
+        if not 0.0 <= total < math.inf:  # a latency that cannot be (a NaN fails this too): the window says nothing
             return
-        self.samples += 1
-        if self.samples == 1:
+        latency = total / count
+        self.samples += count
+        if self.samples == count:
             self.short_latency = self.long_latency = latency
             return
-        short = self.short_latency = self.short_latency + self.short_weight * (latency - self.short_latency)
+        short = self.short_latency = self.short_latency + _compounded(self.short_weight, count) * (
+            latency - self.short_latency)
         # Under overload the usual latency follows only slowly, so that a sustained
         # overload does not become the new normal (Gradient2's drift).
         usual = self.long_latency
         weight = self.long_weight if short <= self.tolerance * usual else self.long_weight / 10
-        usual = self.long_latency = usual + weight * (latency - usual)
+        usual = self.long_latency = usual + _compounded(weight, count) * (latency - usual)
         if self.samples < self.warmup or short <= 0:
             return
         ratio = self.tolerance * usual / short

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -128,6 +130,40 @@ def test_the_limit_always_stays_between_floor_and_ceiling(latencies: list[float]
     for latency in latencies:
         limit.observe(latency, in_flight)
         assert limit.min_limit <= limit.limit <= limit.max_limit
+        # a window holding a latency that cannot be (NaN, infinite, negative) is dropped, not averaged in
+        assert math.isfinite(limit.short_latency) and math.isfinite(limit.long_latency)
+
+
+@given(base=st.floats(0.0001, 5.0, allow_nan=False),
+       shares=st.lists(st.floats(1.0, 1.9, allow_nan=False), min_size=1, max_size=40))
+@settings(max_examples=200, deadline=None)
+def test_a_window_moves_the_averages_as_its_requests_would_one_by_one(base: float, shares: list[float]) -> None:
+    """The reference: each request's latency moves the averages by its own weight. Each window
+    here holds one latency, and all are within 2x of each other (no overload branch)."""
+    limit = AdaptiveLimit()
+    short = long = None
+    for share in shares:
+        latency = base * share
+        for _ in range(limit.window):
+            limit.observe(latency, 0)
+            if short is None or long is None:
+                short = long = latency
+            else:
+                short += limit.short_weight * (latency - short)
+                long += limit.long_weight * (latency - long)
+        assert limit.window_count == 0
+        assert math.isclose(limit.short_latency, short, rel_tol=1e-9)
+        assert math.isclose(limit.long_latency, long, rel_tol=1e-9)
+
+
+def test_the_averages_move_only_when_a_window_is_full() -> None:
+    limit = AdaptiveLimit()
+    for _ in range(limit.window - 1):
+        limit.observe(0.5, 0)
+    assert limit.short_latency == limit.long_latency == 0.0
+    limit.observe(0.5, 0)
+    assert limit.short_latency == limit.long_latency == pytest.approx(0.5)
+    assert limit.samples == limit.window
 
 
 @pytest.mark.parametrize("name", ["critical", "normal", "sheddable"])
