@@ -96,6 +96,11 @@ class WebCall:
     def returned(self, result: Any) -> None:
         """The view returned ``result`` (adapters look at it, e.g. for a streamed body)."""
 
+    def error_status(self, error: BaseException) -> int | None:
+        """The HTTP status that an exception raised by the view stands for, whatever answered
+        it in the end (Flask's ``abort(404)``); ``None`` for any other exception."""
+        return None
+
     def per_client(self, limit: RateLimit) -> ExtraLimit:
         """The adapter's per-client ``limit``, spent by this request's client (``default`` in the headers)."""
         return ExtraLimit("default", f"web:{self.client_key()}", limit)
@@ -114,16 +119,24 @@ class WebCall:
         """Admit the request before anything of the app runs: ``extra`` (the adapter's
         per-client limit) and the view's ``protection``, in one store step. Returns the
         refusal the adapter must answer now, or ``None`` (admitted, or refused with a
-        fallback that answers in the view)."""
+        fallback that answers in the view).
+
+        On the view's fast lane (its breaker reads closed) the one store step is the limit's:
+        a closed breaker admits whatever the limit admits (no ticket, no second step to finish)."""
         runtime = _runtime._current or _runtime.current()
         if protection is None:
-            if extra is None:
-                return None
-            return self._front_rated(extra, runtime.sync.rate(extra.key, extra.limit))
+            return None if extra is None else self._front_rated(extra, runtime.sync.rate(extra.key, extra.limit))
+        self.front = protection
+        lane = protection.lane  # (a lane of an earlier runtime was retired with its store: it reads open)
+        if lane is not None and lane.state.state is _CLOSED:
+            if extra is not None:
+                refusal = self._front_rated(extra, runtime.sync.rate(extra.key, extra.limit))
+                if refusal is not None:
+                    return refusal
+            self.lane = lane
+            next(lane.entered)
+            return None
         plan = protection.plan(runtime)
-        lane = self._front_lane(protection)
-        if lane is not None:
-            return self._on_lane(lane, extra, None if extra is None else runtime.sync.rate(extra.key, extra.limit))
         try:
             ticket = runtime.sync.admit(plan, self.client_key() if plan.rate_limit is not None else None, extra)
         except Rejected as exc:
@@ -135,14 +148,19 @@ class WebCall:
         """``admit_front`` for an adapter on an event loop: the store's async face."""
         runtime = _runtime._current or _runtime.current()
         if protection is None:
-            if extra is None:
-                return None
-            return self._front_rated(extra, await runtime.async_.rate(extra.key, extra.limit))
+            return None if extra is None else self._front_rated(extra, await runtime.async_.rate(extra.key,
+                                                                                               extra.limit))
+        self.front = protection
+        lane = protection.lane  # (a lane of an earlier runtime was retired with its store: it reads open)
+        if lane is not None and lane.state.state is _CLOSED:
+            if extra is not None:
+                refusal = self._front_rated(extra, await runtime.async_.rate(extra.key, extra.limit))
+                if refusal is not None:
+                    return refusal
+            self.lane = lane
+            next(lane.entered)
+            return None
         plan = protection.plan(runtime)
-        lane = self._front_lane(protection)
-        if lane is not None:
-            return self._on_lane(lane, extra,
-                                 None if extra is None else await runtime.async_.rate(extra.key, extra.limit))
         try:
             ticket = await runtime.async_.admit(plan, self.client_key() if plan.rate_limit is not None else None,
                                                 extra)
@@ -158,24 +176,6 @@ class WebCall:
         refusal = RateLimited(extra.policy, decision.retry_after)
         _metrics.rejected(refusal)
         return refusal
-
-    def _front_lane(self, protection: Protection) -> Lane | None:
-        """The view is admitted at the front; its fast lane if the breaker reads closed there. The
-        adapter's per-client limit is then spent on its own: a closed breaker admits whatever the
-        limit admits, so the one store step is the limit's (no ticket, no second step to finish)."""
-        self.front = protection
-        lane = protection.lane
-        return lane if lane is not None and lane.state.state is _CLOSED else None
-
-    def _on_lane(self, lane: Lane, extra: ExtraLimit | None, decision: RateDecision | None) -> Rejected | None:
-        """Admit the view on ``lane`` once the per-client limit (``extra``, decided) allowed it."""
-        if extra is not None and decision is not None:
-            refusal = self._front_rated(extra, decision)
-            if refusal is not None:
-                return refusal
-        self.lane = lane
-        next(lane.entered)
-        return None
 
     def _front_refused(self, exc: Rejected, protection: Protection, extra: ExtraLimit | None) -> Rejected | None:
         _metrics.rejected(exc)
@@ -244,12 +244,18 @@ class WebCall:
         """How the view's call ends for its breaker, by the response's ``status``: an
         exception or a 5xx fails, a 4xx does not; Baldur's refusals and a view that never
         began are no outcome."""
+        if self.error is None and self.outcome is None and self.entered and not self.rejected:
+            return _FAILURE if status >= 500 else _SUCCESS  # the view returned: its status says
         if self.rejected:
             return _IGNORED  # Baldur refused a call inside the view (a fallback answered)
         if self.front is not None and not self.entered:
             return _IGNORED  # admitted at the front, then answered by a hook or decorator of the app
-        if isinstance(self.error, Rejected):
+        error = self.error
+        if isinstance(error, Rejected):
             return _IGNORED  # a protected call inside the view was refused (answered by a fallback)
+        raised = None if error is None else self.error_status(error)
+        if raised is not None:
+            return _FAILURE if raised >= 500 else _SUCCESS
         if self.outcome is _IGNORED:
             return _IGNORED  # an exception the breaker was told to ignore
         if status >= 500:

@@ -68,7 +68,6 @@ from baldur.errors import (
     Rejected,
     StoreUnavailable,
 )
-from baldur.policies.breaker import Outcome
 from baldur.policies.idempotency import Verdict
 from baldur.policies.rate_limit import RateDecision, RateLimit
 from baldur.policies.shedding import Priority
@@ -83,7 +82,6 @@ _logger = logging.getLogger("baldur.idempotency")
 _APP_CONFIG_KEYS = tuple(f"BALDUR_{name.upper()}" for name in (
     "rate_limit", "max_concurrency", "trust_proxy", "idempotency", "max_queue_ms"))
 _flask_logger = logging.getLogger("baldur.flask")
-_SUCCESS, _FAILURE, _IGNORED = Outcome.SUCCESS, Outcome.FAILURE, Outcome.IGNORED
 _NORMAL = Priority.NORMAL
 
 
@@ -108,9 +106,16 @@ class _Request(WebCall):
     def returned(self, result: Any) -> None:
         response = result[0] if type(result) is tuple and result else result
         if isinstance(response, Response):
-            self.streamed = response.is_streamed
+            # (a body held as a list, as most are, is not streamed: spares the property's len())
+            self.streamed = type(response.response) is not list and response.is_streamed
         else:
             self.streamed = isinstance(response, Iterator) or inspect.isasyncgen(response)
+
+    #: Standing in for the view's call (``WebCall.stands_in_for``), a success is only its result to look at.
+    succeeded = returned
+
+    def error_status(self, error: BaseException) -> int | None:
+        return (error.code or 500) if isinstance(error, HTTPException) else None
 
     def is_view(self, protection: Protection) -> bool:
         endpoint = request.endpoint
@@ -376,7 +381,7 @@ def _settle(state: _Request, options: _Options) -> None:
         claim.abort()
     try:
         if state.ticket is not None or state.lane is not None:
-            state.record(_outcome(state))
+            state.record(state.judged(state.status))
     finally:
         if state.in_flight:
             options.in_flight.leave(state, time.monotonic() - state.admitted_at)
@@ -446,13 +451,17 @@ _current_request = cast(Any, request)._get_current_object
 def _request_call() -> WebCall | None:
     """The ``WebCall`` of the Flask request in progress (``_web.current`` asks): kept in its
     environ, which Flask's request context holds, so no context variable is set per request."""
-    return _current_request().environ.get(_STATE) if has_request_context() else None
+    try:
+        return _current_request().environ.get(_STATE)  # type: ignore[no-any-return]
+    except RuntimeError:  # no request in progress (a protected call in a CLI command, a thread)
+        return None
 
 
 def _preprocessing(preprocess: Callable[[], Any], options: _Options) -> Callable[[], Any]:
     """``app.preprocess_request``: the request is admitted before any of the app's hooks run,
     and its Idempotency-Key claimed after they all have (Flask dispatches the view next)."""
     routes = options.routes
+    per_client_limit = cast(RateLimit, options.per_client_limit)  # (a route is limited only when there is one)
     idempotent = IDEMPOTENT_METHODS if options.idempotency != "off" else ()
 
     @functools.wraps(preprocess)
@@ -469,9 +478,10 @@ def _preprocessing(preprocess: Callable[[], Any], options: _Options) -> Callable
         if route is not _NOTHING_TO_ADMIT and not (
                 method == "OPTIONS" and getattr(rule, "provide_automatic_options", False)):
             # (an OPTIONS that Flask answers itself, a CORS preflight, never reaches a view)
-            answer = _admit_first(state, route, options)
-            if answer is not None:
-                return answer
+            protection, limited = route
+            refusal = state.admit_front(protection, state.per_client(per_client_limit) if limited else None)
+            if refusal is not None:
+                return _answer_error(refusal)
         answer = preprocess()
         if answer is None and method in idempotent:
             return _idempotency_begin(options)
@@ -482,19 +492,6 @@ def _preprocessing(preprocess: Callable[[], Any], options: _Options) -> Callable
 
 #: The route of a view that is neither protected nor under the per-client limit.
 _NOTHING_TO_ADMIT: tuple[Protection | None, bool] = (None, False)
-
-
-def _admit_first(state: _Request, route: tuple[Protection | None, bool], options: _Options) -> Response | None:
-    """Before every request hook: the per-client rate limit and, for a protected view,
-    its admission, in one store step, before the app's hooks and any decorator around the
-    view can answer."""
-    protection, limited = route
-    extra = None
-    if limited:
-        assert options.per_client_limit is not None
-        extra = state.per_client(options.per_client_limit)
-    refusal = state.admit_front(protection, extra)
-    return None if refusal is None else _answer_error(refusal)
 
 
 def _route(app: Flask, options: _Options, req: Request) -> tuple[Protection | None, bool]:
@@ -658,11 +655,3 @@ def _in_hand(response: Response) -> bool:
     # Flask turns an HTTPException (abort(404), the 500 of an unhandled error) into a response
     # by running it as a WSGI app: its small body is in memory behind an iterator, its length known.
     return isinstance(response.response, ClosingIterator) and response.content_length is not None
-
-
-def _outcome(state: _Request) -> Outcome:
-    """How the view's call ends for its breaker: an exception or a 5xx fails, a 4xx does not."""
-    error = state.error
-    if isinstance(error, HTTPException) and not state.rejected and (state.front is None or state.entered):
-        return _FAILURE if (error.code or 500) >= 500 else _SUCCESS
-    return state.judged(state.status)
