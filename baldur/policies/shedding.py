@@ -146,7 +146,8 @@ class AdaptiveLimit:
     samples: int = 0
     #: Requests before the limit may move: the averages must mean something first.
     warmup: int = 20
-    #: Requests averaged into one sample: the averages and the limit move once per window.
+    #: Requests averaged into one sample: the averages and the limit move once per window, by as
+    #: much as its requests would have moved them one by one.
     window: int = 10
     window_total: float = 0.0
     window_count: int = 0
@@ -164,7 +165,9 @@ class AdaptiveLimit:
         """The window's mean latency moves the averages as that many requests of it would, one by one."""
         count, total = self.window_count, self.window_total
         self.window_count, self.window_total = 0, 0.0
-        if not 0.0 <= total < math.inf:  # a latency that cannot be (a NaN fails this too): the window says nothing
+        # Threads finishing at once may both close a window (the second finds it empty); a window
+        # holding a latency that cannot be (a NaN fails this too) says nothing.
+        if count <= 0 or not 0.0 <= total < math.inf:
             return
         latency = total / count
         self.samples += count
@@ -184,9 +187,11 @@ class AdaptiveLimit:
         if ratio >= 1.0 and in_flight < self.limit / 2:
             return  # the app does not use its limit: no evidence it could take more
         gradient = 0.5 if ratio < 0.5 else min(ratio, 1.0)
-        headroom = math.sqrt(self.limit)
-        wanted = self.limit * gradient + headroom
-        self.limit = min(self.max_limit, max(self.min_limit, 0.8 * self.limit + 0.2 * wanted))
+        limit = self.limit
+        for _ in range(count):  # one step per request, as each would have moved it
+            wanted = limit * gradient + math.sqrt(limit)  # (the square root: headroom)
+            limit = min(self.max_limit, max(self.min_limit, 0.8 * limit + 0.2 * wanted))
+        self.limit = limit
 
     def admits(self, in_flight: int, priority: Priority = Priority.NORMAL) -> bool:
         """One more request may start while ``in_flight`` run (every request asks: kept lean)."""

@@ -156,6 +156,17 @@ def test_a_window_moves_the_averages_as_its_requests_would_one_by_one(base: floa
         assert math.isclose(limit.long_latency, long, rel_tol=1e-9)
 
 
+def test_a_window_closed_twice_by_two_threads_is_sampled_once() -> None:
+    """Two threads finishing at once may both see the window full (it takes no lock): the
+    second then finds it empty, which must change nothing (and divide nothing by zero)."""
+    limit = AdaptiveLimit()
+    for _ in range(limit.window):
+        limit.observe(0.02, 0)
+    before = (limit.short_latency, limit.long_latency, limit.samples, limit.limit)
+    limit._sample(0)
+    assert (limit.short_latency, limit.long_latency, limit.samples, limit.limit) == before
+
+
 def test_the_averages_move_only_when_a_window_is_full() -> None:
     limit = AdaptiveLimit()
     for _ in range(limit.window - 1):
