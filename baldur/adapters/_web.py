@@ -269,8 +269,9 @@ class WebCall:
         the lane, or the ticket of its admission (then the next request may take the lane)."""
         lane = self.lane
         if lane is not None:
-            if outcome is _SUCCESS:
-                lane.succeeded(None)  # as any call on the lane: one counter step each
+            if outcome is _SUCCESS:  # as any call on the lane (``Lane.succeeded``): one counter step each
+                next(lane.calls)
+                lane.succeed(lane.state)
                 return
             lane.protection.meter.settled(outcome, self.error)
             if outcome is _FAILURE:

@@ -25,7 +25,6 @@ import io
 import logging
 import time
 from collections.abc import Callable, Generator
-from contextvars import Token
 from typing import Any, cast
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
@@ -96,16 +95,18 @@ class _Request(WebCall):
     admitted_at = 0.0
     client = ""
     idempotency_claim: Claim | None = None
-    token: Token[WebCall | None] | None = None
     status = 0
     settled = False
     #: The protection of the view that serves the request (found by ``process_view``).
     view: Protection | None = None
 
-    def __init__(self, request: HttpRequest, options: _Options) -> None:
-        self.request = request
-        self.options = options
-        self.method = request.method or ""
+    # Set on each middleware's own subclass: a request is made with no ``__init__`` to run.
+    options: _Options
+    request: HttpRequest
+
+    @property
+    def method(self) -> str:
+        return self.request.method or ""
 
     def is_view(self, protection: Protection) -> bool:
         return self.view is protection
@@ -166,6 +167,9 @@ class BaldurMiddleware:
         self.queue = _QueueShedder(self.options.max_queue)
         #: Whether any view has a priority other than normal (then each request is routed to find its own).
         self.prioritised: bool | None = None
+        self.request_type = type("_Request", (_Request,), {"options": self.options})
+        #: The methods whose Idempotency-Key is claimed (none when idempotency is off).
+        self.idempotent = IDEMPOTENT_METHODS if self.options.idempotency != "off" else ()
         _web.install()
 
     # -- (1) shedding, and the request's state -------------------------------
@@ -184,7 +188,8 @@ class BaldurMiddleware:
                 if not runs and not self._exempt_route(request):
                     _log.emit("backpressure.shed", "queue", waited_ms=round(waited * 1000))
                     return _shed(retry_after, request.path)
-        state = _Request(request, options)
+        state = self.request_type()
+        state.request = request
         if options.in_flight.enter(state, priority):
             state.in_flight = True
             state.admitted_at = time.monotonic()
@@ -192,7 +197,6 @@ class BaldurMiddleware:
             _log.emit("backpressure.shed", "in_flight", limit=options.process_ceiling)
             return _shed(options.in_flight.retry_after(), request.path)
         setattr(request, _STATE, state)
-        state.token = web_call.set(state)
         return state
 
     def __call__(self, request: HttpRequest) -> Any:
@@ -202,43 +206,50 @@ class BaldurMiddleware:
         if not isinstance(entered, _Request):
             return entered
         state = entered
+        token = web_call.set(state)  # until the view has returned (a streamed body is sent after)
         try:
             response = self.get_response(request)
         except BaseException:
             state.status = 500
             _settle(state)
             raise
+        finally:
+            web_call.reset(token)
         if state.idempotency_claim is not None:
             _store(state, response)
-        return self._leaving(state, response)
+        if response.streaming:
+            return self._streamed(state, response)
+        self._headers(state, response)
+        _settle(state)
+        return response
 
     async def __acall__(self, request: HttpRequest) -> Any:
         entered = self._enter(request)
         if not isinstance(entered, _Request):
             return entered
         state = entered
+        token = web_call.set(state)
         try:
             response = await self.get_response(request)
         except BaseException:
             state.status = 500
             await _settle_async(state)
             raise
+        finally:
+            web_call.reset(token)
         if state.idempotency_claim is not None:
             await _store_async(state, response)
         if response.streaming:
-            return self._leaving(state, response)
+            return self._streamed(state, response)
         self._headers(state, response)
         await _settle_async(state)
         return response
 
-    def _leaving(self, state: _Request, response: HttpResponseBase) -> HttpResponseBase:
+    def _streamed(self, state: _Request, response: HttpResponseBase) -> HttpResponseBase:
+        """A streamed response: settled when the server closes it, after its last chunk (or a disconnect)."""
         self._headers(state, response)
-        if response.streaming:
-            # Settled when the server closes the response, after its last chunk (or a disconnect).
-            response._resource_closers.append(lambda: _settle(state))
-            _watch_stream(state, response)
-        else:
-            _settle(state)
+        response._resource_closers.append(lambda: _settle(state))
+        _watch_stream(state, response)
         return response
 
     @staticmethod
@@ -259,7 +270,7 @@ class BaldurMiddleware:
             refusal = state.admit_front(*admission)
             if refusal is not None:
                 return _answer(state, refusal)
-        if state.method in IDEMPOTENT_METHODS and self.options.idempotency != "off":
+        if request.method in self.idempotent:
             begun = _idempotency_begin(request, state, _identity(request, state, getattr(request, "user", None)))
             if begun is not None:
                 return begun
@@ -275,7 +286,7 @@ class BaldurMiddleware:
             refusal = await state.admit_front_async(*admission)
             if refusal is not None:
                 return _answer(state, refusal)
-        if state.method in IDEMPOTENT_METHODS and self.options.idempotency != "off":
+        if request.method in self.idempotent:
             auser = getattr(request, "auser", None)
             user = await auser() if auser is not None else None
             begun = await _idempotency_begin_async(request, state, _identity(request, state, user))
@@ -666,7 +677,8 @@ def _settle(state: _Request) -> None:
         if state.ticket is not None or state.lane is not None:
             state.record(state.judged(state.status))
     finally:
-        _leave(state)
+        if state.in_flight:
+            state.options.in_flight.leave(state, time.monotonic() - state.admitted_at)
 
 
 async def _settle_async(state: _Request) -> None:
@@ -680,14 +692,6 @@ async def _settle_async(state: _Request) -> None:
         if state.ticket is not None or state.lane is not None:
             await state.record_async(state.judged(state.status))
     finally:
-        _leave(state)
+        if state.in_flight:
+            state.options.in_flight.leave(state, time.monotonic() - state.admitted_at)
 
-
-def _leave(state: _Request) -> None:
-    if state.token is not None:
-        try:
-            web_call.reset(state.token)
-        except ValueError:  # settled in another context than the one it was set in
-            web_call.set(None)
-    if state.in_flight:
-        state.options.in_flight.leave(state, time.monotonic() - state.admitted_at)
