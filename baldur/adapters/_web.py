@@ -13,9 +13,9 @@ raises it, see ``front``). The view's ``Call`` then *claims* the request
 the outcome once the response is sent, when it knows the status.
 
 A new adapter subclasses ``WebCall``, answers ``is_view`` and ``client_key``,
-may override ``returned``, calls ``install(finder)`` once, calls ``admit_front``
-first of all, and reads ``ticket``, ``outcome``, ``error``, ``rejected`` and
-``policies`` when it settles.
+may override ``returned`` and ``error_status``, calls ``install(finder)`` once,
+calls ``admit_front`` first of all, and, once the response is sent, calls
+``record(judged(status))`` and reads ``policies`` for the headers.
 """
 
 from __future__ import annotations

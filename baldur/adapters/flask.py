@@ -451,10 +451,9 @@ _current_request = cast(Any, request)._get_current_object
 def _request_call() -> WebCall | None:
     """The ``WebCall`` of the Flask request in progress (``_web.current`` asks): kept in its
     environ, which Flask's request context holds, so no context variable is set per request."""
-    try:
-        return _current_request().environ.get(_STATE)  # type: ignore[no-any-return]
-    except RuntimeError:  # no request in progress (a protected call in a CLI command, a thread)
-        return None
+    # (asked first rather than catching the proxy's error: a protected call outside any request,
+    # in a thread or a CLI command, would pay for raising it)
+    return _current_request().environ.get(_STATE) if has_request_context() else None
 
 
 def _preprocessing(preprocess: Callable[[], Any], options: _Options) -> Callable[[], Any]:
