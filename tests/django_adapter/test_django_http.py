@@ -4,6 +4,7 @@ statuses and headers as the Flask adapter's (tests/adapters/test_flask_http.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -15,6 +16,7 @@ from _dj_support import IANA, MODES, Site, content, problem_of
 from dj_views import KINDS, ran
 
 import baldur
+from baldur.adapters import _web
 from baldur.policies.breaker import State
 
 pytestmark = pytest.mark.parametrize("mode", MODES)
@@ -214,3 +216,18 @@ def test_problem_bodies_are_json(mode: str) -> None:
     baldur.breaker("guarded-async").open()
     refused = Site(mode).get("/guarded/async")
     assert json.loads(content(refused))["retry-after"] == 30
+
+
+# -- the request in progress ------------------------------------------------------
+
+@pytest.mark.django_db  # (closing the stream fires request_finished: see the stream test above)
+@pytest.mark.parametrize("path", ["/guarded/sync", "/fails/sync", "/stream/sync", "/plain/sync"])
+def test_no_request_stays_in_progress_once_its_view_has_returned(mode: str, path: str) -> None:
+    """A request's WebCall is the one in progress only while its view runs: whatever the view
+    answered, the thread that served it finds none afterwards, so a protected call made there
+    later (or while a streamed body is sent) is a call of its own."""
+    response = Site(mode, raise_request_exception=False).get(path)
+    with contextlib.suppress(RuntimeError):  # the stream breaks while it is sent
+        content(response)
+    assert _web.web_call.get() is None
+    assert _web.current() is None
