@@ -4,6 +4,7 @@ ceiling and the adaptive limit, and CoDel on ``X-Request-Start`` queue delay."""
 from __future__ import annotations
 
 import threading
+import time
 
 from baldur.policies.concurrency import admits
 from baldur.policies.shedding import AdaptiveLimit, Priority, QueueDelay
@@ -41,10 +42,11 @@ class _InFlight:
             self.running.add(request)
             return True
 
-    def leave(self, request: object, latency: float) -> None:
+    def leave(self, request: object, entered_at: float) -> None:
+        """``request``, which ``enter`` admitted at ``entered_at`` (``time.monotonic()``), is done."""
         running = len(self.running)
         self.running.discard(request)
-        self.adaptive.observe(latency, running)
+        self.adaptive.observe(time.monotonic() - entered_at, running)
 
     def retry_after(self) -> float:
         return self.adaptive.retry_after()

@@ -126,9 +126,8 @@ class WebCall:
         runtime = _runtime._current or _runtime.current()
         if protection is None:
             return None if extra is None else self._front_rated(extra, runtime.sync.rate(extra.key, extra.limit))
-        self.front = protection
-        lane = protection.lane  # (a lane of an earlier runtime was retired with its store: it reads open)
-        if lane is not None and lane.state.state is _CLOSED:
+        lane = self._front_lane(protection)
+        if lane is not None:
             if extra is not None:
                 refusal = self._front_rated(extra, runtime.sync.rate(extra.key, extra.limit))
                 if refusal is not None:
@@ -150,9 +149,8 @@ class WebCall:
         if protection is None:
             return None if extra is None else self._front_rated(extra, await runtime.async_.rate(extra.key,
                                                                                                extra.limit))
-        self.front = protection
-        lane = protection.lane  # (a lane of an earlier runtime was retired with its store: it reads open)
-        if lane is not None and lane.state.state is _CLOSED:
+        lane = self._front_lane(protection)
+        if lane is not None:
             if extra is not None:
                 refusal = self._front_rated(extra, await runtime.async_.rate(extra.key, extra.limit))
                 if refusal is not None:
@@ -176,6 +174,13 @@ class WebCall:
         refusal = RateLimited(extra.policy, decision.retry_after)
         _metrics.rejected(refusal)
         return refusal
+
+    def _front_lane(self, protection: Protection) -> Lane | None:
+        """Admission at the front begins: the view's fast lane, if its breaker reads closed there
+        (a lane of an earlier runtime was retired with its store: it reads open)."""
+        self.front = protection
+        lane = protection.lane
+        return lane if lane is not None and lane.state.state is _CLOSED else None
 
     def _front_refused(self, exc: Rejected, protection: Protection, extra: ExtraLimit | None) -> Rejected | None:
         _metrics.rejected(exc)

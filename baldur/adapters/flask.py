@@ -384,7 +384,7 @@ def _settle(state: _Request, options: _Options) -> None:
             state.record(state.judged(state.status))
     finally:
         if state.in_flight:
-            options.in_flight.leave(state, time.monotonic() - state.admitted_at)
+            options.in_flight.leave(state, state.admitted_at)
 
 
 def _respond(answer: tuple[int, dict[str, str], bytes]) -> Response:

@@ -72,7 +72,7 @@ def test_the_in_flight_count_is_exact_across_threads(ceiling: int | None) -> Non
             if in_flight.enter(request, Priority.NORMAL):
                 with guard:
                     most = max(most, len(in_flight.running))
-                in_flight.leave(request, 0.001)
+                in_flight.leave(request, time.monotonic() - 0.001)
 
     threads = [threading.Thread(target=worker) for _ in range(8)]
     for thread in threads:

@@ -15,6 +15,7 @@ from django.utils.decorators import method_decorator
 from django.views import View
 
 import baldur
+from baldur.adapters import _web
 
 KINDS = ("sync", "async", "class")
 #: How often each view body ran, by name.
@@ -88,6 +89,13 @@ def streamed_failure(request: HttpRequest) -> HttpResponse:
     return StreamingHttpResponse(chunks())
 
 
+def streamed_status(request: HttpRequest) -> HttpResponse:
+    def chunks() -> Iterator[bytes]:
+        yield b"in progress" if _web.current() is not None else b"no request in progress"
+
+    return StreamingHttpResponse(chunks())
+
+
 def created(request: HttpRequest) -> HttpResponse:
     ran["order-count"] += 1
     user = getattr(request, "user", None)
@@ -113,6 +121,7 @@ VIEWS: dict[str, dict[str, Callable[..., Any]]] = {
         "dj-slow-async", timeout=0.05)(slow_async)},
     "inner": _views("inner", inner_open),
     "stream": _views("stream", streamed_failure, protect={"breaker": baldur.Breaker(consecutive_failures=2)}),
+    "sent": _views("sent", streamed_status, protect={}),
     "orders": _views("orders", created, protect={}, methods=("post",)),
     "healthz": {kind: baldur.exempt(view) for kind, view in _views("healthz", ok).items()},
 }

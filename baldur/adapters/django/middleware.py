@@ -678,7 +678,7 @@ def _settle(state: _Request) -> None:
             state.record(state.judged(state.status))
     finally:
         if state.in_flight:
-            state.options.in_flight.leave(state, time.monotonic() - state.admitted_at)
+            state.options.in_flight.leave(state, state.admitted_at)
 
 
 async def _settle_async(state: _Request) -> None:
@@ -693,5 +693,5 @@ async def _settle_async(state: _Request) -> None:
             await state.record_async(state.judged(state.status))
     finally:
         if state.in_flight:
-            state.options.in_flight.leave(state, time.monotonic() - state.admitted_at)
+            state.options.in_flight.leave(state, state.admitted_at)
 
