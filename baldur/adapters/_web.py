@@ -1,9 +1,8 @@
 """The protocol a web adapter implements: one request in progress, as the pipeline sees it.
 
-An adapter (Flask, Django) opens a ``WebCall`` around each request, where
-``current()`` finds it for the duration of the request: in the framework's own
-request context (Flask: the environ), else in ``web_call``, which the adapter
-sets. Before any hook of the app runs, it admits the
+An adapter (Flask, Django) opens a ``WebCall`` around each request and sets
+``web_call`` to it while the app handles the request, where ``current()`` finds
+it. Before any hook of the app runs, it admits the
 request (``admit_front``): the per-client limit and, when the view is a
 protected callable, the view's admission, in one store step. A refusal is
 the adapter's answer at once, whoever would have answered next (unless the
@@ -13,15 +12,13 @@ raises it, see ``front``). The view's ``Call`` then *claims* the request
 the outcome once the response is sent, when it knows the status.
 
 A new adapter subclasses ``WebCall``, answers ``is_view`` and ``client_key``,
-may override ``returned`` and ``error_status``, calls ``install(finder)`` once,
+may override ``returned`` and ``error_status``, calls ``install()`` once,
 calls ``admit_front`` first of all, and, once the response is sent, calls
 ``record(judged(status))`` and reads ``policies`` for the headers.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -306,39 +303,18 @@ class WebCall:
             front.refresh_lane(runtime, front.plan(runtime))
 
 
-#: The request in progress, for an adapter whose framework keeps no request context of its own (Django):
-#: it sets this around each request.
+#: The request in progress: each adapter sets it around the app's handling of a request (until
+#: the view has returned: a body streamed after that is sent with no request in progress).
 web_call: ContextVar[WebCall | None] = ContextVar("baldur_web_call", default=None)
 
-#: Whether any adapter opens ``WebCall``s: until one does, the fast lane need not look.
+#: The ``WebCall`` of the request in progress, or ``None``.
+current = web_call.get
+
+#: Whether any adapter opens ``WebCall``s: until one does, a protected call need not look.
 hooks_installed = False
 
 
-def _none() -> WebCall | None:
-    return None
-
-
-#: The ``WebCall`` of the request in progress, or ``None``: asks each installed adapter's finder.
-current: Callable[[], WebCall | None] = _none
-_finders: list[Callable[[], WebCall | None]] = []
-
-
-def install(finder: Callable[[], WebCall | None] = web_call.get) -> None:
-    """An adapter calls this once, before its first ``WebCall``, with how to find the request's
-    ``WebCall`` (where its framework keeps the request; by default, ``web_call``, which the adapter
-    then sets around each request)."""
-    global current, hooks_installed
-    if finder not in _finders:
-        _finders.append(finder)
-    finders = tuple(_finders)
-    current = finders[0] if len(finders) == 1 else functools.partial(_first_found, finders)
+def install() -> None:
+    """An adapter calls this once, before its first ``WebCall``."""
+    global hooks_installed
     hooks_installed = True
-
-
-def _first_found(finders: tuple[Callable[[], WebCall | None], ...]) -> WebCall | None:
-    """Two adapters in one process (a Flask app mounted beside Django): whichever serves the request."""
-    for finder in finders:
-        call = finder()
-        if call is not None:
-            return call
-    return None

@@ -57,7 +57,7 @@ from baldur.adapters._replay import (
 )
 from baldur.adapters._shedding import _InFlight, _QueueShedder
 from baldur.adapters._web import EXEMPT as _EXEMPT
-from baldur.adapters._web import PROTECTED_BY, WebCall
+from baldur.adapters._web import PROTECTED_BY, WebCall, web_call
 from baldur.errors import (
     BaldurError,
     CallTimeout,
@@ -216,7 +216,7 @@ def init_flask(
     options = _Options(app, runtime, rate_limit, max_concurrency, key_func, trust_proxy, idempotency,
                        exempt, identity)
     app.extensions[_EXTENSION] = options
-    _web.install(_request_call)
+    _web.install()
     app.wsgi_app = _Middleware(app, app.wsgi_app, options)  # type: ignore[method-assign]
     # Before all request hooks, the app's own (registered before or after this call), and
     # idempotency after them all: wrapping Flask's one step that runs them, rather than adding
@@ -301,12 +301,15 @@ class _Middleware:
                 headers.extend(ratelimit_headers(state.policies).items())
             return start_response(status, headers, exc_info)
 
+        token = web_call.set(state)  # until the view has returned (a streamed body is sent after)
         try:
             body = self.wsgi_app(environ, capture)
         except BaseException:
             state.status = 500
             _settle(state, options)
             raise
+        finally:
+            web_call.reset(token)
         if state.status and not state.streamed and (state.ticket is not None or state.lane is not None
                                                    or options.process_ceiling is None):
             # The view is done and the status known (a buffered body, a file): settle now,
@@ -446,14 +449,6 @@ def _exempt_route(app: Flask, options: _Options, environ: dict[str, Any]) -> boo
 
 
 _current_request = cast(Any, request)._get_current_object
-
-
-def _request_call() -> WebCall | None:
-    """The ``WebCall`` of the Flask request in progress (``_web.current`` asks): kept in its
-    environ, which Flask's request context holds, so no context variable is set per request."""
-    # (asked first rather than catching the proxy's error: a protected call outside any request,
-    # in a thread or a CLI command, would pay for raising it)
-    return _current_request().environ.get(_STATE) if has_request_context() else None
 
 
 def _preprocessing(preprocess: Callable[[], Any], options: _Options) -> Callable[[], Any]:

@@ -274,6 +274,27 @@ def test_the_slot_comes_back_when_the_client_closes_a_stream_early(kind: str) ->
     assert full.status_code == 200 and full.data.count(b"\n") == 1000
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_no_request_is_in_progress_while_its_streamed_body_is_sent(kind: str) -> None:
+    """As under Django: the request's WebCall is the one in progress only while the app handles
+    it; a body streamed after the view returned (even with Flask's request context kept) is
+    sent with no request in progress, so a protected call made then is a call of its own."""
+    from baldur.adapters import _web
+
+    app = new_app()
+    init_flask(app)
+
+    def body() -> Response:
+        def chunks() -> Iterator[str]:
+            yield "in progress" if _web.current() is not None else "no request in progress"
+
+        return Response(stream_with_context(chunks()), mimetype="text/plain")
+
+    add_view(app, "/sent", kind, body, protect=baldur.protected("sent"))
+    assert app.test_client().get("/sent", buffered=True).data == b"no request in progress"
+    assert _web.current() is None
+
+
 def _generator_middleware(wsgi_app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterator[bytes]]:
     """An outer WSGI middleware written as a generator (a common pattern): when its
     consumer closes it early, the inner body sees GeneratorExit before its close()."""
@@ -395,29 +416,29 @@ def test_a_slow_success_of_a_view_counts_as_a_failure(kind: str) -> None:
 
 # -- finding the request's WebCall ---------------------------------------------------
 
-@pytest.mark.parametrize("django_first", [True, False], ids=["django-first", "flask-first"])
-def test_each_adapter_finds_its_own_request_when_both_are_installed(django_first: bool,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """A process that serves a Flask app beside Django's adapter: the Flask request's WebCall is
-    found in its environ, the Django one's in the context variable, whichever was installed first."""
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_flask_request_inside_another_request_is_found_during_its_view_and_restores_it(kind: str) -> None:
+    """A Flask app called from within another adapter's request (mounted under Django, or one Flask
+    app dispatching to another): its view, sync or async, finds its own request, and the outer one
+    is found again once the Flask app has answered, even when its view raised."""
     from baldur.adapters import _web
 
-    monkeypatch.setattr(_web, "_finders", [])
-    monkeypatch.setattr(_web, "current", _web.current)
-    if django_first:
-        _web.install()  # Django's adapter: the web_call context variable
     seen: list[object] = []
-    app = _app_with("sync", lambda: seen.append(_web.current()) or "ok")
-    if not django_first:
-        _web.install()
-    assert len(_web._finders) == 2
-    assert _statuses(app, 2) == [200, 200]
+
+    def view() -> str:
+        seen.append(_web.current())
+        if len(seen) == 2:
+            raise RuntimeError("the view failed")
+        return "ok"
+
+    app = _app_with(kind, view)
+    outer = _web.WebCall()
+    token = _web.web_call.set(outer)
+    try:
+        assert _statuses(app, 2) == [200, 500]
+        assert _web.current() is outer
+    finally:
+        _web.web_call.reset(token)
     assert len(seen) == 2 and all(type(call).__name__ == "_Request" for call in seen)
     assert seen[0] is not seen[1]  # each request its own
     assert _web.current() is None  # outside any request
-    other = _web.WebCall()
-    token = _web.web_call.set(other)
-    try:
-        assert _web.current() is other
-    finally:
-        _web.web_call.reset(token)
