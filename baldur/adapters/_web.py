@@ -74,6 +74,9 @@ class WebCall:
     front: Protection | None = None
     #: That admission's refusal, left for the view's fallback to answer.
     deferred: Rejected | None = None
+    #: Admitted at the front, this request serves as the call of this protection's view, until
+    #: the view starts (see ``stands_in_for``).
+    stand_in: Protection | None = None
     #: The fast lane the view was admitted on (a closed breaker, nothing else to ask):
     #: no ticket; the view's call is this object (see ``failed``, ``succeeded``).
     lane: Lane | None = None
@@ -129,7 +132,7 @@ class WebCall:
                 refusal = self._front_rated(extra, runtime.sync.rate(extra.key, extra.limit))
                 if refusal is not None:
                     return refusal
-            self.lane = lane
+            self.lane, self.stand_in = lane, protection
             next(lane.entered)
             return None
         plan = protection.plan(runtime)
@@ -152,7 +155,7 @@ class WebCall:
                 refusal = self._front_rated(extra, await runtime.async_.rate(extra.key, extra.limit))
                 if refusal is not None:
                     return refusal
-            self.lane = lane
+            self.lane, self.stand_in = lane, protection
             next(lane.entered)
             return None
         plan = protection.plan(runtime)
@@ -192,6 +195,8 @@ class WebCall:
 
     def _front_admitted(self, ticket: Ticket, plan: Plan, extra: ExtraLimit | None) -> None:
         self.ticket = ticket
+        if plan.breaker is None or plan.breaker.slow_call is None:
+            self.stand_in = self.front
         next(_metrics.meter(plan.name).entered)
         if ticket.extra_rate is not None and extra is not None:
             self.add_policy(extra.policy, extra.limit, ticket.extra_rate)
@@ -202,13 +207,10 @@ class WebCall:
         """The view of ``protection`` starts; ``True`` when this request, admitted at the front,
         serves as the view's call (as a ``Lane`` would): the adapter judges the outcome by the
         response anyway. Not when a refusal waits for the view's fallback, nor when the breaker
-        times slow calls (a ``Call`` keeps the clock)."""
-        if self.entered or self.front is not protection or self.deferred is not None:
+        times slow calls (a ``Call`` keeps the clock), nor for the view's own calls after it started."""
+        if self.stand_in is not protection:
             return False
-        if self.lane is None:
-            ticket = self.ticket
-            if ticket is None or (ticket.plan.breaker is not None and ticket.plan.breaker.slow_call is not None):
-                return False
+        self.stand_in = None
         self.entered = True
         return True
 
