@@ -264,6 +264,15 @@ def ratio(value: float, base: float) -> float:
     return value / base if base else float("nan")
 
 
+def paired_ratio(values: Sequence[float], bases: Sequence[float]) -> float:
+    """The median over rounds of each round's ``value ÷ base``, taken in the same round. A round's
+    variants run one after another, so a change in the machine's load between rounds cancels out;
+    a ratio of two medians can pair one variant's quiet round with the baseline's busy one."""
+    if len(values) != len(bases):
+        raise ValueError(f"{len(values)} rounds against {len(bases)} of the baseline: pair them by round")
+    return median(value / base for value, base in zip(values, bases, strict=True) if base)
+
+
 def rotated(items: Sequence[str], round_index: int) -> list[str]:
     """The variants of one round, in an order that rotates from round to round (A B C, B C A, ...)."""
     shift = round_index % len(items) if items else 0

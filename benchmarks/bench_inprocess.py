@@ -43,8 +43,8 @@ from bench_common import (
     fmt,
     log,
     median,
+    paired_ratio,
     processes,
-    ratio,
     rotated,
     spread,
     table,
@@ -408,9 +408,10 @@ def report(result: Result) -> tuple[str, dict[str, float]]:
                 continue
             m = median(v.times)
             added = "–" if v.key == baseline else fmt((m - bare) * 1e6, 1)
-            rows.append([v.label, fmt(m * 1e6, 1), added, fmt(ratio(m, bare)), fmt(spread(v.times) * 1e6, 1),
+            paired = paired_ratio(v.times, by_key[baseline].times)
+            rows.append([v.label, fmt(m * 1e6, 1), added, fmt(paired), fmt(spread(v.times) * 1e6, 1),
                          str(v.number)])
-            figures[f"{v.key}_ratio"] = ratio(m, bare)
+            figures[f"{v.key}_ratio"] = paired
             figures[f"{v.key}_added_us"] = (m - bare) * 1e6
         if framework == "Django":
             text += ["", "Django (`benchmarks/bench_django.py`: its WSGI handler called the same way; each row "
@@ -443,7 +444,8 @@ def report(result: Result) -> tuple[str, dict[str, float]]:
                        ["l", "r", "l", "l", "r", "r"])]
     text += ["", f"- method: {result.rounds} rounds; in each, every variant's worker process times N back-to-back "
              f"requests (N chosen so that a timing lasts ≈ {result.target} s), variants in rotating order; "
-             "medians over rounds; `app.wsgi_app(environ, start_response)` with a fresh copy of one "
+             "medians over rounds, each × bare the median of its rounds' ratios (to bare in the same round); "
+             "`app.wsgi_app(environ, start_response)` with a fresh copy of one "
              "`GET /demo` environ per request, the body joined and `close()` called; gc on",
              f"- limits: `{LIMIT}` per client (never reached), Flask-Limiter's default strategy (fixed window); "
              "Baldur's `rate limit on` is `BALDUR_RATE_LIMIT` read by the quickstart's `init_flask(app)`",

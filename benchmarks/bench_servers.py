@@ -43,6 +43,7 @@ from bench_common import (
     fmt,
     log,
     median,
+    paired_ratio,
     processes,
     ratio,
     rotated,
@@ -242,33 +243,40 @@ def run_servers(wrk: str, servers: list[str], redis_url: str | None, workdir: Pa
     return results
 
 
+#: Besides its bare framework, each variant compared with these variants of its server (the figure's name).
+_COMPARED = {"floor": "vs_floor", "floor-async": "vs_floor_async", "limiter-redis": "vs_limiter"}
+
+
+def _rps(variant: Variant) -> list[float]:
+    return [run["rps"] for run in variant.runs]
+
+
 def report_servers(results: list[ServerResult], rounds: int, seconds: float) -> tuple[str, dict[str, float]]:
     figures: dict[str, float] = {}
     text = []
     for result in results:
         by_key = {v.key: v for v in result.variants}
-        bare = by_key["bare"].figure("rps")
-        floor = by_key["floor"].figure("rps") if "floor" in by_key else float("nan")
         rows = []
         for v in result.variants:
             rps = v.figure("rps")
             # Django's rows against bare Django: each framework's own baseline.
-            base = by_key["django-bare"].figure("rps") if v.key.startswith("django-") else bare
+            base = "django-bare" if v.key.startswith("django-") else "bare"
             figures[f"{result.server}/{v.key}/rps"] = rps
-            figures[f"{result.server}/{v.key}/ratio"] = ratio(rps, base)
-            figures[f"{result.server}/{v.key}/vs_floor"] = ratio(rps, floor)
-            if "floor-async" in by_key:
-                figures[f"{result.server}/{v.key}/vs_floor_async"] = ratio(rps, by_key["floor-async"].figure("rps"))
+            figures[f"{result.server}/{v.key}/ratio"] = paired_ratio(_rps(v), _rps(by_key[base]))
+            for other, figure in _COMPARED.items():
+                figures[f"{result.server}/{v.key}/{figure}"] = (
+                    paired_ratio(_rps(v), _rps(by_key[other])) if other in by_key else float("nan"))
             figures[f"{result.server}/{v.key}/p50_ms"] = v.figure("p50_us") / 1000
             figures[f"{result.server}/{v.key}/p99_ms"] = v.figure("p99_us") / 1000
             non2xx = sum(run["non2xx"] for run in v.runs)
             errors = sum(run["connect"] + run["read"] + run["write"] + run["timeout"] for run in v.runs)
             low, high = min(run["rps"] for run in v.runs), max(run["rps"] for run in v.runs)
-            rows.append([v.label, f"{rps:.0f}", f"{low:.0f}–{high:.0f}", fmt(ratio(rps, base)),
+            rows.append([v.label, f"{rps:.0f}", f"{low:.0f}–{high:.0f}",
+                         fmt(figures[f"{result.server}/{v.key}/ratio"]),
                          "–" if v.key.removeprefix("before-") in ("bare", "floor", "floor-async", "baldur-memory",
                                                                   "baldur-redis-breaker")
                          or v.key.startswith("django-")
-                         else fmt(ratio(rps, floor)),
+                         else fmt(figures[f"{result.server}/{v.key}/vs_floor"]),
                          fmt(v.figure("p50_us") / 1000), fmt(v.figure("p99_us") / 1000),
                          f"{non2xx} / {sum(run['requests'] for run in v.runs)}", str(errors)])
         text += [f"### {SERVERS[result.server]}", "",
@@ -278,7 +286,9 @@ def report_servers(results: list[ServerResult], rounds: int, seconds: float) -> 
     text += [f"- method: {rounds} rounds of {seconds:.0f} s per variant and server, variants in rotating order, "
              f"all of one server's variants running at once on their own ports (idle between their turns); "
              f"`wrk -t1 -c{CONNECTIONS}` on loopback, one `GET /demo` per request, each on a new connection "
-             "(`Connection: close`); medians over rounds; p50 and p99 are wrk's, with every connection kept busy "
+             "(`Connection: close`); requests/s and latencies are medians over rounds, each ratio the median "
+             "of its rounds' ratios (a variant ÷ its baseline in the same round); p50 and p99 are wrk's, "
+             "with every connection kept busy "
              "(closed loop), so they include queueing in the server",
              "- why a new connection per request: gunicorn's sync worker closes after each response anyway, and "
              "nginx talks to its upstream that way by default; with keep-alive, wrk's connections, opened all at "

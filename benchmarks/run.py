@@ -246,8 +246,7 @@ def goals(run: Run) -> str:
                          f"{fmt(get(f'{server}/baldur-redis-view/vs_floor'))}× floor; gthread "
                          f"{fmt(get('servers/gunicorn-gthread/baldur-redis/vs_floor'))}× floor",
                          verdict(met(value, value >= 0.95))])
-            ours, theirs = get(f"{server}/baldur-redis/rps"), get(f"{server}/limiter-redis/rps")
-            value = common.ratio(ours, theirs)
+            value = get(f"{server}/baldur-redis/vs_limiter")
             rows.append(["gunicorn -w 2 throughput, Redis (rate limit on), Baldur ÷ Flask-Limiter on Redis",
                          fmt(value, 3), "> 1", f"Flask-Limiter {fmt(get(f'{server}/limiter-redis/ratio'))}× bare",
                          verdict(met(value, value > 1))])

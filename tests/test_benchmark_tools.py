@@ -1,4 +1,5 @@
-"""benchmarks/bytecodes.py: the per-request instruction count that docs/performance.md quotes."""
+"""benchmarks/bytecodes.py: the per-request instruction count that docs/performance.md quotes;
+and how the benchmarks' ratios pair rounds."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_common import median, paired_ratio  # noqa: E402  (benchmarks/ is not a package)
 
 
 def test_bytecodes_counts_what_the_quickstart_adds_to_a_bare_request() -> None:
@@ -31,3 +37,19 @@ def test_bytecodes_refuses_an_unknown_variant() -> None:
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 2
     assert "unknown variant nonesuch" in done.stderr and "quickstart" in done.stderr
+
+
+def test_a_paired_ratio_is_not_moved_by_a_disturbed_round_when_the_load_moves_between_rounds() -> None:
+    """A variant 3 % slower than bare, except in two rounds disturbed during its own turn, over rounds
+    whose load moved by 20 %: the median of each round's ratio says 0.97; the ratio of the two medians
+    divides a disturbed round of the variant by an undisturbed one of bare's, and says 0.92."""
+    bare = [6000.0, 6600.0, 7200.0, 6300.0, 6900.0]
+    per_round = [0.97, 0.90, 0.97, 0.97, 0.88]
+    variant = [rps * share for rps, share in zip(bare, per_round, strict=True)]
+    assert abs(paired_ratio(variant, bare) - 0.97) < 1e-9
+    assert median(variant) / median(bare) < 0.93
+
+
+def test_a_paired_ratio_refuses_rounds_that_do_not_pair() -> None:
+    with pytest.raises(ValueError, match="pair them by round"):
+        paired_ratio([1.0, 2.0], [1.0, 2.0, 3.0])
