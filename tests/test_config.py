@@ -417,8 +417,10 @@ def test_an_unknown_kwarg_gets_an_example_of_the_setting_it_resembles() -> None:
 
 def test_an_unknown_variable_warning_points_at_the_users_line(restore_runtime: None,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BALDUR_RATE_LIMT", "5/minute")
-    with pytest.warns(UserWarning, match="BALDUR_RATE_LIMT.*did you mean BALDUR_RATE_LIMIT") as caught:
+    # (the misspelt variable is gone before restore_runtime rebuilds the runtime: it would warn again)
+    with monkeypatch.context() as env, pytest.warns(
+            UserWarning, match="BALDUR_RATE_LIMT.*did you mean BALDUR_RATE_LIMIT") as caught:
+        env.setenv("BALDUR_RATE_LIMT", "5/minute")
         baldur.init(memory_max_keys=4321)  # other settings: the runtime is rebuilt and the environment read
     assert [w.filename for w in caught if "BALDUR_RATE_LIMT" in str(w.message)] == [__file__]
 
