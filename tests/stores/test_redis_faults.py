@@ -12,6 +12,7 @@ import os
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -242,7 +243,11 @@ def test_a_concurrency_lease_is_renewed_while_its_call_runs(server: RedisServer)
 
 def _in_child(body: Callable[[], bool]) -> bool:
     """Run ``body`` in a forked child; its verdict is the child's exit status."""
-    pid = os.fork()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns of forking a threaded process: the parent runs Baldur's loop thread,
+        # and a fork after it started (gunicorn --preload) is the case under test.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
     if pid == 0:  # pragma: no cover - the child's coverage is not collected
         try:
             code = 0 if body() else 1
