@@ -13,6 +13,7 @@ the outcome once the response is sent, when it knows the status.
 
 A new adapter subclasses ``WebCall``, answers ``is_view`` and ``client_key``,
 may override ``returned`` and ``error_status``, calls ``install()`` once,
+sets ``web_call`` while the app handles each request (reset in a ``finally``),
 calls ``admit_front`` first of all, and, once the response is sent, calls
 ``record(judged(status))`` and reads ``policies`` for the headers.
 """
