@@ -27,7 +27,7 @@ def test_bytecodes_counts_what_the_quickstart_adds_to_a_bare_request() -> None:
     # bare Flask's own request is thousands of instructions; the quickstart adds Baldur's steps to it
     assert bare > 1000 and quickstart > bare and quickstart_calls > bare_calls
     # ...and the added instructions are attributed to Baldur's functions, one call each
-    for function in ("flask.py:_Middleware.__call__", "flask.py:_settle", "_web.py:WebCall.admit_front",
+    for function in ("flask.py:_Middleware.__call__", "_web.py:WebRequest.settle", "_web.py:WebCall.admit_front",
                      "_faces.py:sync_face.<locals>.wrapper"):
         assert re.search(rf"^\| {re.escape(function)} \| \+\d+ \| 1 \|$", done.stdout, re.M), function
 

@@ -11,11 +11,12 @@ raises it, see ``front``). The view's ``Call`` then *claims* the request
 (no second admission), reports how the call ended, and the adapter records
 the outcome once the response is sent, when it knows the status.
 
-A new adapter subclasses ``WebCall``, answers ``is_view`` and ``client_key``,
-may override ``returned`` and ``error_status``, calls ``install()`` once,
-sets ``web_call`` while the app handles each request (reset in a ``finally``),
-calls ``admit_front`` first of all, and, once the response is sent, calls
-``record(judged(status))`` and reads ``policies`` for the headers.
+A new adapter subclasses ``WebRequest`` (a ``WebCall`` that it can settle),
+answers ``is_view`` and ``client_key``, may override ``returned`` and
+``error_status``, calls ``install()`` once, sets ``web_call`` while the app
+handles each request (reset in a ``finally``), calls ``admit_front`` first of
+all, reads ``policies`` for the headers, and calls ``settle()`` (or
+``settle_async()``) once the response has been sent.
 """
 
 from __future__ import annotations
@@ -30,9 +31,12 @@ from baldur.policies.rate_limit import RateDecision, RateLimit
 from baldur.stores._types import ExtraLimit, Plan, Ticket
 
 if TYPE_CHECKING:
+    from baldur._idempotency import Claim
     from baldur._protection import Lane, Protection
+    from baldur.adapters._shedding import _InFlight
 
-__all__ = ["EXEMPT", "PROTECTED_BY", "WebCall", "current", "exempt", "hooks_installed", "install", "web_call"]
+__all__ = ["EXEMPT", "PROTECTED_BY", "WebCall", "WebRequest", "current", "exempt", "hooks_installed", "install",
+           "web_call"]
 
 V = TypeVar("V")
 _CLOSED = State.CLOSED
@@ -304,6 +308,55 @@ class WebCall:
         front = self.front
         if front is not None and outcome is _SUCCESS:
             front.refresh_lane(runtime, front.plan(runtime))
+
+
+class WebRequest(WebCall):
+    """A request as a web adapter keeps it: the ``WebCall``, and what settling it needs (its
+    in-flight slot, an Idempotency-Key claim, the response's status). An adapter makes one
+    subclass per app (or middleware) that sets ``requests_in_flight``, so that making a request
+    runs no ``__init__``."""
+
+    #: Whether the request holds a slot of ``requests_in_flight``, and since when (monotonic).
+    in_flight = False
+    admitted_at = 0.0
+    #: The client's key, once asked for.
+    client = ""
+    #: The Idempotency-Key this request claimed, until its response is stored (or not).
+    idempotency_claim: Claim | None = None
+    status = 0
+    settled = False
+    requests_in_flight: _InFlight
+
+    def settle(self) -> None:
+        """Once, when the response has been sent (or the client went away): abort a claim whose
+        response was never stored, record the view's outcome, give back the in-flight slot."""
+        if self.settled:
+            return
+        self.settled = True
+        if self.idempotency_claim is not None:
+            claim, self.idempotency_claim = self.idempotency_claim, None
+            claim.abort()
+        try:
+            if self.ticket is not None or self.lane is not None:
+                self.record(self.judged(self.status))
+        finally:
+            if self.in_flight:
+                self.requests_in_flight.leave(self, self.admitted_at)
+
+    async def settle_async(self) -> None:
+        """``settle`` for an adapter on an event loop: the store's async face."""
+        if self.settled:
+            return
+        self.settled = True
+        if self.idempotency_claim is not None:
+            claim, self.idempotency_claim = self.idempotency_claim, None
+            await claim.abort_async()
+        try:
+            if self.ticket is not None or self.lane is not None:
+                await self.record_async(self.judged(self.status))
+        finally:
+            if self.in_flight:
+                self.requests_in_flight.leave(self, self.admitted_at)
 
 
 #: The request in progress: each adapter sets it around the app's handling of a request (until

@@ -57,7 +57,7 @@ from baldur.adapters._replay import (
 )
 from baldur.adapters._shedding import _InFlight, _QueueShedder
 from baldur.adapters._web import EXEMPT as _EXEMPT
-from baldur.adapters._web import PROTECTED_BY, WebCall, web_call
+from baldur.adapters._web import PROTECTED_BY, WebRequest, web_call
 from baldur.errors import (
     BaldurError,
     CallTimeout,
@@ -85,17 +85,9 @@ _flask_logger = logging.getLogger("baldur.flask")
 _NORMAL = Priority.NORMAL
 
 
-class _Request(WebCall):
+class _Request(WebRequest):
     """One request through the app: what the WSGI layer and the hooks remember."""
 
-    in_flight = False
-    #: When the request entered the in-flight count (monotonic), for the adaptive limit.
-    admitted_at = 0.0
-    client = ""
-    #: The Idempotency-Key this request claimed, until its response is stored (or not).
-    idempotency_claim: Claim | None = None
-    status = 0
-    settled = False
     #: The view's body is produced while it is sent (a generator): settle after sending.
     streamed = False
 
@@ -249,7 +241,8 @@ class _Middleware:
         self.any_exempt: bool | None = None
         #: ``app.config``'s Baldur keys as ``init_flask`` read them, until the first request compares.
         self.config_at_init: dict[str, Any] | None = _baldur_config(app)
-        self.request_type = type("_Request", (_Request,), {"app": app, "options": options})
+        self.request_type = type("_Request", (_Request,), {"app": app, "options": options,
+                                                          "requests_in_flight": options.in_flight})
 
     def priority(self, environ: dict[str, Any]) -> Priority:
         if self.prioritised is None:
@@ -306,7 +299,7 @@ class _Middleware:
             body = self.wsgi_app(environ, capture)
         except BaseException:
             state.status = 500
-            _settle(state, options)
+            state.settle()
             raise
         finally:
             web_call.reset(token)
@@ -314,9 +307,9 @@ class _Middleware:
                                                    or options.process_ceiling is None):
             # The view is done and the status known (a buffered body, a file): settle now,
             # and hand the body on untouched (a file keeps the server's zero-copy path).
-            _settle(state, options)
+            state.settle()
             return body
-        return _Settling(body, state, options)
+        return _Settling(body, state)
 
     def _warn_late_config(self) -> None:
         """``app.config`` changed after ``init_flask(app)`` read it: say so once, rather than ignore it silently."""
@@ -338,10 +331,10 @@ def _baldur_config(app: Flask) -> dict[str, Any]:
 class _Settling:
     """The response body, passed through; settles the request once, when sent or closed."""
 
-    __slots__ = ("body", "options", "state")
+    __slots__ = ("body", "state")
 
-    def __init__(self, body: Iterable[bytes], state: _Request, options: _Options) -> None:
-        self.body, self.state, self.options = body, state, options
+    def __init__(self, body: Iterable[bytes], state: _Request) -> None:
+        self.body, self.state = body, state
 
     def __iter__(self) -> Iterator[bytes]:
         try:
@@ -354,7 +347,7 @@ class _Settling:
         finally:
             # Sent (or abandoned): settle now rather than wait for a close() that
             # some callers of a WSGI app forget.
-            _settle(self.state, self.options)
+            self.state.settle()
 
     def close(self) -> None:
         try:
@@ -362,7 +355,7 @@ class _Settling:
             if close is not None:
                 close()
         finally:
-            _settle(self.state, self.options)
+            self.state.settle()
 
 
 def _shed(environ: dict[str, Any], start_response: Callable[..., Any], retry_after: float) -> Iterable[bytes]:
@@ -373,21 +366,6 @@ def _shed(environ: dict[str, Any], start_response: Callable[..., Any], retry_aft
     start_response(f"{status} {HTTPStatus(status).phrase}",
                    [*headers.items(), ("Content-Length", str(len(body)))])
     return [body]
-
-
-def _settle(state: _Request, options: _Options) -> None:
-    if state.settled:
-        return
-    state.settled = True
-    if state.idempotency_claim is not None:  # the response was never stored (after_request did not run)
-        claim, state.idempotency_claim = state.idempotency_claim, None
-        claim.abort()
-    try:
-        if state.ticket is not None or state.lane is not None:
-            state.record(state.judged(state.status))
-    finally:
-        if state.in_flight:
-            options.in_flight.leave(state, state.admitted_at)
 
 
 def _respond(answer: tuple[int, dict[str, str], bytes]) -> Response:

@@ -217,7 +217,6 @@ def test_problem_bodies_are_json(mode: str) -> None:
     assert json.loads(content(refused))["retry-after"] == 30
 
 
-
 # -- the request in progress ------------------------------------------------------
 
 @pytest.mark.django_db  # (closing the stream fires request_finished: see the stream test above)

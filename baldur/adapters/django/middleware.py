@@ -56,7 +56,7 @@ from baldur.adapters._replay import (
     too_large,
 )
 from baldur.adapters._shedding import _InFlight, _QueueShedder
-from baldur.adapters._web import EXEMPT, PROTECTED_BY, WebCall, web_call
+from baldur.adapters._web import EXEMPT, PROTECTED_BY, WebRequest, web_call
 from baldur.adapters.django import _settings
 from baldur.errors import (
     BaldurError,
@@ -88,15 +88,9 @@ _Admission = tuple[Protection | None, ExtraLimit | None]
 _Route = tuple[Protection | None, bool, _Admission | None]
 
 
-class _Request(WebCall):
+class _Request(WebRequest):
     """One request through the middleware."""
 
-    in_flight = False
-    admitted_at = 0.0
-    client = ""
-    idempotency_claim: Claim | None = None
-    status = 0
-    settled = False
     #: The protection of the view that serves the request (found by ``process_view``).
     view: Protection | None = None
 
@@ -167,7 +161,8 @@ class BaldurMiddleware:
         self.queue = _QueueShedder(self.options.max_queue)
         #: Whether any view has a priority other than normal (then each request is routed to find its own).
         self.prioritised: bool | None = None
-        self.request_type = type("_Request", (_Request,), {"options": self.options})
+        self.request_type = type("_Request", (_Request,), {"options": self.options,
+                                                          "requests_in_flight": self.options.in_flight})
         #: The methods whose Idempotency-Key is claimed (none when idempotency is off).
         self.idempotent = IDEMPOTENT_METHODS if self.options.idempotency != "off" else ()
         _web.install()
@@ -211,7 +206,7 @@ class BaldurMiddleware:
             response = self.get_response(request)
         except BaseException:
             state.status = 500
-            _settle(state)
+            state.settle()
             raise
         finally:
             web_call.reset(token)
@@ -220,7 +215,7 @@ class BaldurMiddleware:
         if response.streaming:
             return self._streamed(state, response)
         self._headers(state, response)
-        _settle(state)
+        state.settle()
         return response
 
     async def __acall__(self, request: HttpRequest) -> Any:
@@ -233,7 +228,7 @@ class BaldurMiddleware:
             response = await self.get_response(request)
         except BaseException:
             state.status = 500
-            await _settle_async(state)
+            await state.settle_async()
             raise
         finally:
             web_call.reset(token)
@@ -242,13 +237,13 @@ class BaldurMiddleware:
         if response.streaming:
             return self._streamed(state, response)
         self._headers(state, response)
-        await _settle_async(state)
+        await state.settle_async()
         return response
 
     def _streamed(self, state: _Request, response: HttpResponseBase) -> HttpResponseBase:
         """A streamed response: settled when the server closes it, after its last chunk (or a disconnect)."""
         self._headers(state, response)
-        response._resource_closers.append(lambda: _settle(state))
+        response._resource_closers.append(state.settle)
         _watch_stream(state, response)
         return response
 
@@ -664,34 +659,4 @@ def _watch_stream(state: _Request, response: HttpResponseBase) -> None:
                 raise
 
         streaming.streaming_content = watched()
-
-
-def _settle(state: _Request) -> None:
-    if state.settled:
-        return
-    state.settled = True
-    if state.idempotency_claim is not None:  # the response was never stored
-        claim, state.idempotency_claim = state.idempotency_claim, None
-        claim.abort()
-    try:
-        if state.ticket is not None or state.lane is not None:
-            state.record(state.judged(state.status))
-    finally:
-        if state.in_flight:
-            state.options.in_flight.leave(state, state.admitted_at)
-
-
-async def _settle_async(state: _Request) -> None:
-    if state.settled:
-        return
-    state.settled = True
-    if state.idempotency_claim is not None:
-        claim, state.idempotency_claim = state.idempotency_claim, None
-        await claim.abort_async()
-    try:
-        if state.ticket is not None or state.lane is not None:
-            await state.record_async(state.judged(state.status))
-    finally:
-        if state.in_flight:
-            state.options.in_flight.leave(state, state.admitted_at)
 
