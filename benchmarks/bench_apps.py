@@ -14,6 +14,10 @@ where ``asgi`` is the Flask app behind a2wsgi's ``WSGIMiddleware``).
 * ``limiter``: Flask-Limiter, one default limit ``BENCH_LIMIT`` per client, storage
   ``BENCH_LIMITER_STORAGE``;
 * ``pybreaker``: the view wrapped by a ``pybreaker.CircuitBreaker()``;
+* ``hooks``: Baldur's hook points with nothing in them: a WSGI layer (a class, as Baldur's)
+  that wraps ``start_response`` and sets a context variable around the app, Flask's
+  ``preprocess_request`` wrapped, the view wrapped, each passing straight through. What any
+  layer placed where Baldur's is pays before it does any work;
 * ``floor``: one plain ``EVALSHA`` per request with redis-py's sync client (``BENCH_REDIS_URL``);
 * ``floor_async``: the same ``EVALSHA`` through ``redis.asyncio`` at its leanest: the request
   thread drives an event loop of its own (``run_until_complete``) and writes the command,
@@ -32,11 +36,13 @@ time back and measures each answer's latency by its status.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import sys
 import time
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +116,50 @@ def _pybreaker() -> Flask:
 
     @app.get("/demo")
     @breaker
+    def demo() -> Response:
+        return _answer()
+
+    return app
+
+
+class _PassingLayer:
+    """A WSGI layer shaped as Baldur's, that does nothing in it."""
+
+    def __init__(self, wsgi_app: Callable[..., Iterable[bytes]]) -> None:
+        self.wsgi_app = wsgi_app
+        self.current: ContextVar[dict[str, Any] | None] = ContextVar("bench_request", default=None)
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            return start_response(status, headers, exc_info)
+
+        token = self.current.set(environ)
+        try:
+            return self.wsgi_app(environ, capture)
+        finally:
+            self.current.reset(token)
+
+
+def _hooks() -> Flask:
+    app = Flask("bench_hooks")
+    app.wsgi_app = _PassingLayer(app.wsgi_app)  # type: ignore[method-assign]
+    preprocess = app.preprocess_request
+
+    @functools.wraps(preprocess)
+    def preprocess_request() -> Any:
+        return preprocess()
+
+    app.preprocess_request = preprocess_request  # type: ignore[method-assign]
+
+    def passing(view: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    @app.get("/demo")
+    @passing
     def demo() -> Response:
         return _answer()
 
@@ -245,6 +295,7 @@ BUILDERS: dict[str, Callable[[], Flask]] = {
     "view_limit": _view_limit,
     "limiter": _limiter,
     "pybreaker": _pybreaker,
+    "hooks": _hooks,
     "floor": _floor,
     "floor_async": _floor_async,
     "propagation": _propagation,

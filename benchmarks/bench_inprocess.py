@@ -77,6 +77,7 @@ def variants(redis_url: str | None) -> list[Variant]:
     memory = [
         Variant("bare", "bare Flask", {"BENCH_APP": "bare"}),
         Variant("pybreaker", "pybreaker-wrapped view", {"BENCH_APP": "pybreaker"}),
+        Variant("hooks", "Baldur's hook points, passing straight through", {"BENCH_APP": "hooks"}),
         Variant("quickstart-memory", "Baldur quickstart, memory", {"BENCH_APP": "quickstart"}),
         Variant("quickstart-memory-limit", "Baldur quickstart, memory, rate limit on",
                 {"BENCH_APP": "quickstart", "BALDUR_RATE_LIMIT": LIMIT}),

@@ -41,6 +41,7 @@ VARIANTS: dict[str, dict[str, str]] = {
     "quickstart-limit": {"BENCH_APP": "quickstart", "BALDUR_RATE_LIMIT": LIMIT},
     "view-limit": {"BENCH_APP": "view_limit"},
     "pybreaker": {"BENCH_APP": "pybreaker"},
+    "hooks": {"BENCH_APP": "hooks"},
     "django-bare": {"BENCH_DJANGO": "bare"},
     "django": {"BENCH_DJANGO": "baldur"},
     "django-limit": {"BENCH_DJANGO": "baldur", "BALDUR_RATE_LIMIT": LIMIT},

@@ -196,7 +196,8 @@ def goals(run: Run) -> str:
     if "inprocess/quickstart-memory_ratio" in f:
         value = get("inprocess/quickstart-memory_ratio")
         rows.append(["in-process quickstart, memory, × bare", fmt(value, 3), "≤ 1.10",
-                     f"bare {fmt(get('inprocess/bare_us'), 1)} µs; Flask-Limiter memory "
+                     f"bare {fmt(get('inprocess/bare_us'), 1)} µs; Baldur's hook points alone "
+                     f"{fmt(get('inprocess/hooks_ratio'), 3)}×; Flask-Limiter memory "
                      f"{fmt(get('inprocess/limiter-memory_ratio'))}×, pybreaker view "
                      f"{fmt(get('inprocess/pybreaker_ratio'))}×", verdict(met(value, value <= 1.10))])
     if "inprocess/django-baldur_ratio" in f:

@@ -17,15 +17,21 @@ from bench_common import median, paired_ratio  # noqa: E402  (benchmarks/ is not
 
 
 def test_bytecodes_counts_what_the_quickstart_adds_to_a_bare_request() -> None:
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bytecodes.py"), "quickstart"],
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bytecodes.py"), "quickstart", "hooks"],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     rows = {match[0]: (int(match[1]), int(match[2]))
-            for match in re.findall(r"^\| (bare|quickstart) \| (\d+) \| (\d+) \|", done.stdout, re.M)}
-    assert set(rows) == {"bare", "quickstart"}, done.stdout
+            for match in re.findall(r"^\| (bare|quickstart|hooks) \| (\d+) \| (\d+) \|", done.stdout, re.M)}
+    assert set(rows) == {"bare", "quickstart", "hooks"}, done.stdout
     (bare, bare_calls), (quickstart, quickstart_calls) = rows["bare"], rows["quickstart"]
     # bare Flask's own request is thousands of instructions; the quickstart adds Baldur's steps to it
     assert bare > 1000 and quickstart > bare and quickstart_calls > bare_calls
+    # Baldur's hook points passing straight through cost a few frames: less than Baldur's work in them
+    hooks, hooks_calls = rows["hooks"]
+    assert bare < hooks < quickstart and bare_calls < hooks_calls < quickstart_calls
+    hooks_section = done.stdout.split("hooks: the functions")[1]
+    added = re.findall(r"^\| (\S+) \| \+\d+ \| \d+ \|$", hooks_section, re.M)
+    assert added and all(function.startswith("bench_apps.py:") for function in added), hooks_section
     # ...and the added instructions are attributed to Baldur's functions, one call each
     for function in ("flask.py:_Middleware.__call__", "_web.py:WebRequest.settle", "_web.py:WebCall.admit_front",
                      "_faces.py:sync_face.<locals>.wrapper"):
