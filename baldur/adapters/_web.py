@@ -329,14 +329,16 @@ class WebRequest(WebCall):
 
     def settle(self) -> None:
         """Once, when the response has been sent (or the client went away): abort a claim whose
-        response was never stored, record the view's outcome, give back the in-flight slot."""
+        response was never stored, record the view's outcome, give back the in-flight slot (even
+        when the first two raise, or an async settle is cancelled: a slot kept would count forever)."""
         if self.settled:
             return
         self.settled = True
-        if self.idempotency_claim is not None:
-            claim, self.idempotency_claim = self.idempotency_claim, None
-            claim.abort()
+        claim = self.idempotency_claim
         try:
+            if claim is not None:
+                self.idempotency_claim = None
+                claim.abort()
             if self.ticket is not None or self.lane is not None:
                 self.record(self.judged(self.status))
         finally:
@@ -348,10 +350,11 @@ class WebRequest(WebCall):
         if self.settled:
             return
         self.settled = True
-        if self.idempotency_claim is not None:
-            claim, self.idempotency_claim = self.idempotency_claim, None
-            await claim.abort_async()
+        claim = self.idempotency_claim
         try:
+            if claim is not None:
+                self.idempotency_claim = None
+                await claim.abort_async()
             if self.ticket is not None or self.lane is not None:
                 await self.record_async(self.judged(self.status))
         finally:
